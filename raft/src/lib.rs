@@ -1,0 +1,1 @@
+//! strait-raft: placeholder until the crate lands.
