@@ -1,0 +1,512 @@
+//! The broker of one node: sessions, router, retained messages, wills and session expiry.
+//!
+//! Shared by every connection task through `Arc<Broker>`. Lock order: `sessions` map, then a
+//! session's state, then the router; the retained map is never held with another lock.
+//! No lock is held across an `.await`.
+
+pub mod message;
+pub mod router;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Acl, AclAction, PasswordFile};
+use crate::config::{Config, MqttConfig};
+use crate::metrics::{inc, Metrics};
+use crate::mqtt::packet::{Protocol, QoS, SubOptions, Will};
+use crate::mqtt::topic;
+use crate::storage::{Storage, StorageError};
+
+use message::{now_ms, Delivery, Message};
+use router::{Match, Router, Subscriber};
+use session::{ConnHandle, Enqueued, Kick, Session, SessionRecord, Subscription};
+
+/// Topic prefix reserved for cluster links: no ordinary client may publish or subscribe.
+pub const LINK_PREFIX: &str = "$LINK/";
+
+pub struct Broker {
+    pub mqtt: MqttConfig,
+    pub router: Router,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    pub metrics: Metrics,
+    storage: Option<Storage>,
+    passwords: Option<PasswordFile>,
+    allow_anonymous: bool,
+    acl: Option<Acl>,
+    conn_ids: AtomicU64,
+    pub shutdown: CancellationToken,
+}
+
+/// Result of attaching a new connection to a session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    pub conn_id: u64,
+    pub kick_rx: mpsc::Receiver<Kick>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+impl Broker {
+    /// Build the broker, loading persisted sessions and retained messages when `storage` is given.
+    pub fn new(cfg: &Config, storage: Option<Storage>, shutdown: CancellationToken) -> Result<Arc<Broker>, BrokerError> {
+        let passwords = match &cfg.authentication.password_file {
+            Some(p) => Some(PasswordFile::load(p)?),
+            None => None,
+        };
+        let acl = match &cfg.authorization.acl_file {
+            Some(p) => Some(Acl::load(p, cfg.authorization.no_match)?),
+            None => None,
+        };
+        let broker = Arc::new(Broker {
+            mqtt: cfg.mqtt.clone(),
+            router: Router::default(),
+            sessions: Mutex::new(HashMap::new()),
+            retained: RwLock::new(HashMap::new()),
+            metrics: Metrics::default(),
+            storage,
+            passwords,
+            allow_anonymous: cfg.authentication.allow_anonymous,
+            acl,
+            conn_ids: AtomicU64::new(1),
+            shutdown,
+        });
+        broker.load()?;
+        Ok(broker)
+    }
+
+    fn load(&self) -> Result<(), StorageError> {
+        let Some(storage) = &self.storage else { return Ok(()) };
+        let now = now_ms();
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        for msg in storage.load_retained()? {
+            if msg.is_expired(now) {
+                storage.remove_retained(&msg.topic)?;
+                continue;
+            }
+            retained.insert(msg.topic.clone(), Arc::new(msg));
+        }
+        self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
+        drop(retained);
+        let mut sessions = self.lock_sessions();
+        for mut rec in storage.load_sessions()? {
+            // A session that was connected when the node died counts as disconnected now.
+            let since = *rec.disconnected_at_ms.get_or_insert(now);
+            if rec.expiry_interval != u32::MAX && since + u64::from(rec.expiry_interval) * 1000 <= now {
+                storage.remove_session(&rec.client_id)?;
+                continue;
+            }
+            let session = rec.restore();
+            let subs: Vec<(String, Subscription)> =
+                session.lock().subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (filter, sub) in subs {
+                self.route_add(&session, &filter, &sub);
+            }
+            sessions.insert(session.client_id.clone(), session);
+        }
+        self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+        tracing::info!(sessions = sessions.len(), retained = self.metrics.retained.load(Ordering::Relaxed), "storage.loaded");
+        Ok(())
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> bool {
+        match (username, &self.passwords) {
+            (Some(u), Some(pw)) => password.is_some_and(|p| pw.verify(u, p)),
+            (Some(_), None) => self.allow_anonymous,
+            (None, _) => self.allow_anonymous,
+        }
+    }
+
+    /// Authorization for a PUBLISH topic or SUBSCRIBE filter (already stripped of `$share`).
+    pub fn authorize(&self, client_id: &str, username: Option<&str>, action: AclAction, topic: &str) -> bool {
+        if topic.starts_with(LINK_PREFIX) || (action == AclAction::Publish && topic.starts_with("$SYS/")) {
+            return false;
+        }
+        if action == AclAction::Subscribe && topic::intersects(topic, "$LINK/#") && topic.starts_with('$') {
+            return false;
+        }
+        self.acl.as_ref().is_none_or(|acl| acl.check(client_id, username, action, topic))
+    }
+
+    /// Attach a new connection to `client_id`'s session: take over a live connection (it gets
+    /// `Kick::TakenOver`), resume or discard the old session per `clean_start`.
+    pub fn attach(&self, client_id: &str, protocol: Protocol, clean_start: bool, expiry_interval: u32) -> Attached {
+        let conn_id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, kick_rx) = mpsc::channel(2);
+        let mut sessions = self.lock_sessions();
+        let existing = sessions.get(client_id).cloned();
+        let (session, present) = match existing {
+            Some(old) => {
+                if let Some(conn) = old.lock().conn.take() {
+                    let _ = conn.kick.try_send(Kick::TakenOver);
+                    tracing::info!(client_id, "session.taken_over");
+                }
+                if clean_start {
+                    self.discard(&old);
+                    let s = Session::new(client_id.into(), protocol, now_ms());
+                    sessions.insert(s.client_id.clone(), s.clone());
+                    (s, false)
+                } else {
+                    (old, true)
+                }
+            }
+            None => {
+                let s = Session::new(client_id.into(), protocol, now_ms());
+                sessions.insert(s.client_id.clone(), s.clone());
+                (s, false)
+            }
+        };
+        self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+        drop(sessions);
+        {
+            let mut st = session.lock();
+            st.protocol = protocol;
+            st.conn = Some(ConnHandle { conn_id, kick: kick_tx });
+            st.expiry_interval = expiry_interval;
+            st.disconnected_at_ms = None;
+            st.pending_will = None;
+            st.dirty = true;
+        }
+        session.set_connected(true);
+        if !present {
+            if let Some(storage) = &self.storage {
+                if let Err(e) = storage.remove_session(client_id) {
+                    tracing::warn!(client_id, error = %e, "storage.remove_session failed");
+                }
+            }
+        }
+        Attached { session, session_present: present, conn_id, kick_rx }
+    }
+
+    /// Remove a session's subscriptions from the router and its record from storage.
+    fn discard(&self, session: &Arc<Session>) {
+        let subs: Vec<String> = session.lock().subscriptions.drain().map(|(k, _)| k).collect();
+        for f in &subs {
+            self.route_remove(session, f);
+        }
+        if let Some(storage) = &self.storage {
+            if let Err(e) = storage.remove_session(&session.client_id) {
+                tracing::warn!(client_id = %session.client_id, error = %e, "storage.remove_session failed");
+            }
+        }
+    }
+
+    /// Called by the connection task when its connection ends. `will` is the will still in
+    /// force (None after a normal DISCONNECT).
+    pub fn detach(&self, session: &Arc<Session>, conn_id: u64, will: Option<Will>) {
+        let now = now_ms();
+        let mut end_session = false;
+        let mut publish_now = None;
+        {
+            let mut st = session.lock();
+            let ours = st.conn.as_ref().is_some_and(|c| c.conn_id == conn_id);
+            if ours {
+                st.conn = None;
+                session.set_connected(false);
+                st.disconnected_at_ms = Some(now);
+                st.dirty = true;
+                if st.expiry_interval == 0 {
+                    end_session = true;
+                }
+            }
+            if let Some(will) = will {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                if delay == 0 || end_session {
+                    publish_now = Some(will);
+                } else if ours {
+                    let wait = delay.min(st.expiry_interval);
+                    st.pending_will = Some((will, now + u64::from(wait) * 1000));
+                }
+                // Taken over by a connection that resumed the session: the client came back
+                // within the will delay, so the delayed will is not sent.
+            }
+        }
+        if end_session {
+            let mut sessions = self.lock_sessions();
+            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(&session.client_id);
+            }
+            self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+            drop(sessions);
+            self.discard(session);
+        } else {
+            self.persist(session);
+        }
+        if let Some(will) = publish_now {
+            self.publish_will(&session.client_id, will);
+        }
+    }
+
+    fn publish_will(&self, client_id: &str, will: Will) {
+        inc(&self.metrics.wills_published);
+        tracing::debug!(client_id, topic = %will.topic, "will.published");
+        let mut properties = will.properties;
+        properties.will_delay_interval = None;
+        let expires_at_ms = properties.message_expiry_interval.take().map(|s| now_ms() + u64::from(s) * 1000);
+        let msg = Message {
+            topic: will.topic.into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            publisher: client_id.into(),
+            expires_at_ms,
+        };
+        self.publish(Arc::new(msg));
+    }
+
+    fn persist(&self, session: &Arc<Session>) {
+        let Some(storage) = &self.storage else { return };
+        let rec = {
+            let mut st = session.lock();
+            if !st.is_persistent() || !st.dirty {
+                return;
+            }
+            st.dirty = false;
+            SessionRecord::capture(session, &st)
+        };
+        if let Err(e) = storage.put_session(&rec) {
+            tracing::warn!(client_id = %session.client_id, error = %e, "storage.put_session failed");
+        }
+    }
+
+    /// Route a message to every matching session (and store/clear it when retained).
+    /// Returns the number of sessions it was offered to.
+    pub fn publish(&self, msg: Arc<Message>) -> usize {
+        if msg.retain {
+            self.retain(&msg);
+        }
+        let mut matches = Vec::new();
+        self.router.matches(&msg.topic, &mut matches);
+        if matches.is_empty() {
+            inc(&self.metrics.messages_no_subscribers);
+            return 0;
+        }
+        // Overlapping non-shared subscriptions of one session yield one delivery with the
+        // highest QoS and all subscription identifiers (MQTT-3.3.4-2/-3/-5).
+        matches.sort_by_key(|m| (Arc::as_ptr(&m.session) as usize, m.shared));
+        let mut delivered = 0;
+        let mut i = 0;
+        while i < matches.len() {
+            let m = &matches[i];
+            let mut opts = m.opts;
+            let mut ids: Vec<u32> = m.id.into_iter().collect();
+            let mut j = i + 1;
+            if !m.shared {
+                while j < matches.len() && !matches[j].shared && Arc::ptr_eq(&matches[j].session, &m.session) {
+                    let o = &matches[j];
+                    opts.qos = opts.qos.max(o.opts.qos);
+                    opts.retain_as_published |= o.opts.retain_as_published;
+                    opts.no_local &= o.opts.no_local;
+                    ids.extend(o.id);
+                    j += 1;
+                }
+            }
+            if !(opts.no_local && !m.shared && *m.session.client_id == *msg.publisher) {
+                self.offer(&m.session, Delivery::live(&msg, &opts, ids));
+                delivered += 1;
+            }
+            i = j;
+        }
+        delivered
+    }
+
+    /// Offer one delivery to a session under the slow-consumer policy.
+    pub fn offer(&self, session: &Arc<Session>, d: Delivery) {
+        match session.enqueue(d, self.mqtt.max_mqueue_len, self.mqtt.mqueue_store_qos0) {
+            Enqueued::Queued => {}
+            Enqueued::Dropped => inc(&self.metrics.messages_dropped),
+            Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
+        }
+    }
+
+    fn retain(&self, msg: &Arc<Message>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        let res = if msg.payload.is_empty() {
+            retained.remove(&msg.topic);
+            self.storage.as_ref().map(|s| s.remove_retained(&msg.topic))
+        } else {
+            retained.insert(msg.topic.clone(), msg.clone());
+            self.storage.as_ref().map(|s| s.put_retained(msg))
+        };
+        self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
+        drop(retained);
+        if let Some(Err(e)) = res {
+            tracing::warn!(topic = %msg.topic, error = %e, "storage.retained failed");
+        }
+    }
+
+    /// Retained messages matching `filter`, oldest topic first order is not guaranteed.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        if !filter.contains(['+', '#']) {
+            return retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
+        }
+        retained.values().filter(|m| topic::matches(filter, &m.topic) && !m.is_expired(now)).cloned().collect()
+    }
+
+    /// Add (or replace) a subscription of `session`. Returns whether it is new.
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, opts: SubOptions, id: Option<u32>) -> bool {
+        let sub = Subscription { opts, id };
+        let new = {
+            let mut st = session.lock();
+            st.dirty = true;
+            st.subscriptions.insert(filter.to_string(), sub.clone()).is_none()
+        };
+        self.route_add(session, filter, &sub);
+        self.persist(session);
+        new
+    }
+
+    /// Remove a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let existed = {
+            let mut st = session.lock();
+            st.dirty = true;
+            st.subscriptions.remove(filter).is_some()
+        };
+        if existed {
+            self.route_remove(session, filter);
+            self.persist(session);
+        }
+        existed
+    }
+
+    fn route_add(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
+        let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id };
+        match topic::parse_shared(filter) {
+            Some(Ok((group, inner))) => self.router.subscribe(inner, Some(group), subscriber),
+            _ => self.router.subscribe(filter, None, subscriber),
+        };
+    }
+
+    fn route_remove(&self, session: &Arc<Session>, filter: &str) {
+        match topic::parse_shared(filter) {
+            Some(Ok((group, inner))) => self.router.unsubscribe(inner, Some(group), session),
+            _ => self.router.unsubscribe(filter, None, session),
+        };
+    }
+
+    /// Sessions known to this node (connected or persistent).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock_sessions().values().cloned().collect()
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.lock_sessions().get(client_id).cloned()
+    }
+
+    /// Ask a connected client's connection to close (API kick). False when not connected.
+    pub fn kick(&self, client_id: &str, why: Kick) -> bool {
+        let Some(s) = self.session(client_id) else { return false };
+        let st = s.lock();
+        match &st.conn {
+            Some(c) => c.kick.try_send(why).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Expire sessions and send due delayed wills. Called once a second by the housekeeping task.
+    pub fn housekeeping(&self) {
+        let now = now_ms();
+        let mut expired = Vec::new();
+        let mut wills = Vec::new();
+        for s in self.sessions() {
+            let mut st = s.lock();
+            if st.conn.is_some() {
+                continue;
+            }
+            if let Some((_, at)) = &st.pending_will {
+                if *at <= now {
+                    if let Some((w, _)) = st.pending_will.take() {
+                        wills.push((s.client_id.clone(), w));
+                    }
+                }
+            }
+            if let Some(since) = st.disconnected_at_ms {
+                if st.expiry_interval != u32::MAX && since + u64::from(st.expiry_interval) * 1000 <= now {
+                    if let Some((w, _)) = st.pending_will.take() {
+                        wills.push((s.client_id.clone(), w));
+                    }
+                    expired.push(s.clone());
+                }
+            }
+        }
+        for s in expired {
+            let mut sessions = self.lock_sessions();
+            if sessions.get(&s.client_id).is_some_and(|x| Arc::ptr_eq(x, &s)) && s.lock().conn.is_none() {
+                sessions.remove(&s.client_id);
+                self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+                drop(sessions);
+                self.discard(&s);
+                tracing::info!(client_id = %s.client_id, "session.expired");
+            }
+        }
+        for (id, w) in wills {
+            self.publish_will(&id, w);
+        }
+        self.checkpoint(false);
+    }
+
+    /// Write dirty persistent sessions (all of them when `all`) and flush when `all`.
+    pub fn checkpoint(&self, all: bool) {
+        let Some(storage) = &self.storage else { return };
+        for s in self.sessions() {
+            if all {
+                s.lock().dirty = true;
+            }
+            self.persist(&s);
+        }
+        if all {
+            if let Err(e) = storage.flush() {
+                tracing::error!(error = %e, "storage.flush failed");
+            }
+        }
+    }
+
+    /// Total queued and inflight messages over all sessions (for metrics).
+    pub fn queue_depths(&self) -> (usize, usize) {
+        self.sessions().iter().fold((0, 0), |(q, i), s| {
+            let st = s.lock();
+            (q + st.queue.len(), i + st.inflight.len())
+        })
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Periodic housekeeping until shutdown.
+    pub async fn run_housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tick.tick() => self.housekeeping(),
+            }
+        }
+    }
+}
+
+/// QoS a broker grants: the requested one capped by `max_qos_allowed`.
+pub fn granted_qos(requested: QoS, max: u8) -> QoS {
+    QoS::from_u8(requested.as_u8().min(max)).unwrap_or(QoS::AtMostOnce)
+}

@@ -1,0 +1,707 @@
+//! One MQTT client connection: CONNECT handshake, the packet loop, keep-alive, outbound
+//! delivery from the session queue, takeover and shutdown.
+//!
+//! ```text
+//!  accept ──▶ awaiting CONNECT ──(CONNACK 0)──▶ connected ──▶ closing (DISCONNECT/close) ──▶ detach
+//!                 │ timeout / bad packet / refused                   ▲ kick (takeover, admin,
+//!                 └──────────────────────────────▶ closed            │       shutdown), error
+//! ```
+//! Owned by the listener's accept loop (one task per connection). The task owns the socket; it
+//! takes the session lock briefly to move messages between the session queue and its write buffer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::auth::AclAction;
+use crate::broker::message::{now_ms, Delivery, Message};
+use crate::broker::session::{Inflight, Kick, Session};
+use crate::broker::{granted_qos, Broker};
+use crate::metrics::inc;
+use crate::mqtt::codec::{self, CodecError};
+use crate::mqtt::packet::{reason, *};
+use crate::mqtt::topic;
+
+/// Stop pulling from the session queue while this much is waiting to be written.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Why the packet loop ended.
+enum Close {
+    /// Client sent DISCONNECT; `keep_will` for v5 reason 0x04.
+    Normal { keep_will: bool },
+    /// Network closed or failed without DISCONNECT.
+    Abnormal,
+    /// We end the connection with this reason (DISCONNECT sent to v5 clients).
+    Server(u8, &'static str),
+    Kicked(Kick),
+}
+
+/// Serve one connection from accept to close. Never panics on client input.
+pub async fn serve<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        broker.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        inc(&broker.metrics.connections_total);
+        let mut conn = Conn { rd, wr, inbuf: BytesMut::with_capacity(8 * 1024), outbuf: BytesMut::with_capacity(8 * 1024), peer, broker: broker.clone() };
+        conn.run().await;
+        broker.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Conn<R, W> {
+    rd: R,
+    wr: W,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+}
+
+/// State of a connection after a successful CONNECT.
+struct Live {
+    session: Arc<Session>,
+    conn_id: u64,
+    kick_rx: mpsc::Receiver<Kick>,
+    protocol: Protocol,
+    client_id: Arc<str>,
+    username: Option<String>,
+    will: Option<Will>,
+    keep_alive: Option<Duration>,
+    aliases: HashMap<u16, String>,
+    /// Client's Maximum Packet Size (v5), u32::MAX when not given.
+    max_out: usize,
+    /// Client asked not to get reason strings / user properties on errors.
+    problem_info: bool,
+    connect_expiry: u32,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
+    async fn run(&mut self) {
+        let connect = match self.read_connect().await {
+            Some(c) => c,
+            None => return,
+        };
+        let Some(mut live) = self.accept_connect(*connect).await else { return };
+        tracing::Span::current().record("client_id", &*live.client_id);
+        tracing::debug!(protocol = ?live.protocol, "conn.connected");
+        let close = self.packet_loop(&mut live).await;
+        let will = match &close {
+            Close::Normal { keep_will: false } => None,
+            _ => live.will.take(),
+        };
+        match close {
+            Close::Server(code, why) => {
+                tracing::info!(peer = %self.peer, reason = code, why, "conn.closed_by_server");
+                self.send_disconnect(&live, code, Some(why)).await;
+            }
+            Close::Kicked(k) => {
+                let code = match k {
+                    Kick::TakenOver => reason::SESSION_TAKEN_OVER,
+                    Kick::Admin => reason::ADMINISTRATIVE_ACTION,
+                    Kick::Shutdown => reason::SERVER_SHUTTING_DOWN,
+                };
+                self.send_disconnect(&live, code, None).await;
+            }
+            Close::Normal { .. } | Close::Abnormal => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.wr.shutdown()).await;
+        self.broker.detach(&live.session, live.conn_id, will);
+        tracing::debug!("conn.closed");
+    }
+
+    /// Wait for CONNECT within the connect timeout. Refuses bad first packets.
+    async fn read_connect(&mut self) -> Option<Box<Connect>> {
+        let deadline = Instant::now() + self.broker.mqtt.connect_timeout;
+        let max = self.broker.mqtt.max_packet_size as usize;
+        loop {
+            match codec::decode(&mut self.inbuf, None, max) {
+                Ok(Some(Packet::Connect(c))) => return Some(c),
+                Ok(Some(_)) => {
+                    inc(&self.broker.metrics.protocol_errors);
+                    tracing::info!(peer = %self.peer, "conn.refused: first packet is not CONNECT");
+                    return None;
+                }
+                Ok(None) => {}
+                Err(CodecError::UnsupportedProtocol(level)) => {
+                    tracing::info!(peer = %self.peer, level, "conn.refused: unsupported protocol version");
+                    inc(&self.broker.metrics.connections_refused);
+                    let code = if level >= 5 { reason::UNSUPPORTED_PROTOCOL_VERSION } else { 1 };
+                    // 3.1.1-shaped CONNACK: understood by clients of every version.
+                    self.outbuf.extend_from_slice(&[0x20, 0x02, 0x00, if level >= 5 { 0x01 } else { code }]);
+                    self.flush_now().await;
+                    return None;
+                }
+                Err(e) => {
+                    inc(&self.broker.metrics.malformed_packets);
+                    tracing::info!(peer = %self.peer, error = %e, "conn.refused: bad CONNECT");
+                    return None;
+                }
+            }
+            let read = tokio::select! {
+                r = self.rd.read_buf(&mut self.inbuf) => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(peer = %self.peer, "conn.closed: no CONNECT within the connect timeout");
+                    return None;
+                }
+                _ = self.broker.shutdown.cancelled() => return None,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.broker.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Validate CONNECT, authenticate, attach the session and send CONNACK.
+    async fn accept_connect(&mut self, c: Connect) -> Option<Live> {
+        let cfg = &self.broker.mqtt;
+        let v5 = c.protocol.is_v5();
+        let refuse = |code: u8| code;
+        let mut assigned = None;
+        let mut client_id = c.client_id.clone();
+        let mut fail = None;
+        if c.properties.authentication_method.is_some() {
+            fail = Some(refuse(reason::BAD_AUTHENTICATION_METHOD));
+        } else if client_id.len() > cfg.max_clientid_len {
+            fail = Some(refuse(reason::CLIENT_IDENTIFIER_NOT_VALID));
+        } else if client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                fail = Some(refuse(reason::CLIENT_IDENTIFIER_NOT_VALID));
+            } else {
+                client_id = format!("strait-{:016x}", rand::random::<u64>());
+                if v5 {
+                    assigned = Some(client_id.clone());
+                }
+            }
+        }
+        if fail.is_none() {
+            let user = c.username.as_deref();
+            if user.is_none() && c.password.is_none() && !self.broker.authenticate(None, None) {
+                fail = Some(reason::NOT_AUTHORIZED);
+            } else if !self.broker.authenticate(user, c.password.as_deref()) {
+                fail = Some(reason::BAD_USER_NAME_OR_PASSWORD);
+            }
+            if fail.is_some() {
+                inc(&self.broker.metrics.auth_failures);
+            }
+        }
+        if let (None, Some(w)) = (fail, &c.will) {
+            if !topic::valid_topic_name(&w.topic) {
+                fail = Some(reason::TOPIC_NAME_INVALID);
+            } else if w.qos.as_u8() > cfg.max_qos_allowed {
+                fail = Some(reason::QOS_NOT_SUPPORTED);
+            } else if w.retain && !cfg.retain_available {
+                fail = Some(reason::RETAIN_NOT_SUPPORTED);
+            } else if !self.broker.authorize(&client_id, c.username.as_deref(), AclAction::Publish, &w.topic) {
+                fail = Some(reason::NOT_AUTHORIZED);
+            }
+        }
+        if let Some(code) = fail {
+            inc(&self.broker.metrics.connections_refused);
+            tracing::info!(peer = %self.peer, client_id = %c.client_id, reason = code, "conn.refused");
+            let ack = ConnAck { session_present: false, code, properties: Properties::default() };
+            codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
+            self.flush_now().await;
+            return None;
+        }
+        let max_expiry = cfg.session_expiry_interval.as_secs().min(u64::from(u32::MAX)) as u32;
+        let requested = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            max_expiry
+        };
+        let expiry = requested.min(max_expiry);
+        let server_keep_alive = cfg.server_keepalive;
+        let ka_secs = if v5 { server_keep_alive.unwrap_or(c.keep_alive) } else { c.keep_alive };
+        let keep_alive = (ka_secs > 0).then(|| Duration::from_secs_f64(f64::from(ka_secs) * cfg.keepalive_multiplier));
+        let client_window = c.properties.receive_maximum.unwrap_or(u16::MAX).min(cfg.max_inflight).max(1);
+        let max_out = c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX);
+
+        let attached = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
+        {
+            let mut st = attached.session.lock();
+            st.window = client_window;
+            st.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            st.username = c.username.clone();
+        }
+        let mut props = Properties::default();
+        if v5 {
+            props.receive_maximum = Some(cfg.max_inflight);
+            props.maximum_packet_size = Some(cfg.max_packet_size);
+            props.topic_alias_maximum = Some(cfg.max_topic_alias);
+            props.assigned_client_identifier = assigned;
+            if cfg.max_qos_allowed < 2 {
+                props.maximum_qos = Some(cfg.max_qos_allowed);
+            }
+            if !cfg.retain_available {
+                props.retain_available = Some(0);
+            }
+            if !cfg.wildcard_subscription {
+                props.wildcard_subscription_available = Some(0);
+            }
+            if !cfg.shared_subscription {
+                props.shared_subscription_available = Some(0);
+            }
+            props.subscription_identifier_available = Some(1);
+            if requested != expiry {
+                props.session_expiry_interval = Some(expiry);
+            }
+            props.server_keep_alive = server_keep_alive;
+        }
+        let ack = ConnAck { session_present: attached.session_present, code: reason::SUCCESS, properties: props };
+        codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
+        let live = Live {
+            session: attached.session,
+            conn_id: attached.conn_id,
+            kick_rx: attached.kick_rx,
+            protocol: c.protocol,
+            client_id: client_id.into(),
+            username: c.username,
+            will: c.will,
+            keep_alive,
+            aliases: HashMap::new(),
+            max_out,
+            problem_info: c.properties.request_problem_information != Some(0),
+            connect_expiry: expiry,
+        };
+        if attached.session_present {
+            self.resend_inflight(&live);
+        }
+        Some(live)
+    }
+
+    /// On session resume: PUBLISH (DUP) every unacknowledged message, PUBREL every released one.
+    fn resend_inflight(&mut self, live: &Live) {
+        let st = live.session.lock();
+        for (pkid, inf) in &st.inflight {
+            if inf.released {
+                codec::encode(&Packet::PubRel(PubResp::new(*pkid, 0)), live.protocol, &mut self.outbuf);
+            } else {
+                encode_delivery(&inf.delivery, *pkid, true, live.protocol, now_ms(), &mut self.outbuf);
+            }
+        }
+    }
+
+    async fn packet_loop(&mut self, live: &mut Live) -> Close {
+        let max = self.broker.mqtt.max_packet_size as usize;
+        let far = Duration::from_secs(86400 * 365);
+        let ka = live.keep_alive.unwrap_or(far);
+        let keepalive = tokio::time::sleep(ka);
+        tokio::pin!(keepalive);
+        // Packets that arrived together with CONNECT.
+        if let Some(close) = self.process_input(live, max) {
+            return close;
+        }
+        loop {
+            if self.outbuf.len() < HIGH_WATER {
+                self.fill_outbound(live);
+            }
+            tokio::select! {
+                biased;
+                k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::Shutdown)),
+                r = self.wr.write_buf(&mut self.outbuf), if !self.outbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => return Close::Abnormal,
+                    Ok(n) => { self.broker.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed); }
+                },
+                r = self.rd.read_buf(&mut self.inbuf) => match r {
+                    Ok(0) | Err(_) => return Close::Abnormal,
+                    Ok(n) => {
+                        self.broker.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        keepalive.as_mut().reset(Instant::now() + ka);
+                        if let Some(close) = self.process_input(live, max) {
+                            return close;
+                        }
+                    }
+                },
+                _ = live.session.notify.notified(), if self.outbuf.len() < HIGH_WATER => {}
+                _ = &mut keepalive => {
+                    inc(&self.broker.metrics.keepalive_timeouts);
+                    tracing::info!(peer = %self.peer, "conn.keepalive_timeout");
+                    return Close::Server(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+            }
+        }
+    }
+
+    /// Decode and handle every complete packet in the input buffer.
+    fn process_input(&mut self, live: &mut Live, max: usize) -> Option<Close> {
+        loop {
+            match codec::decode(&mut self.inbuf, Some(live.protocol), max) {
+                Ok(Some(p)) => {
+                    if let Some(close) = self.handle(live, p) {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    let code = e.reason_code();
+                    if code == reason::MALFORMED_PACKET {
+                        inc(&self.broker.metrics.malformed_packets);
+                    } else {
+                        inc(&self.broker.metrics.protocol_errors);
+                    }
+                    tracing::info!(peer = %self.peer, error = %e, "conn.bad_packet");
+                    return Some(Close::Server(code, static_reason(&e)));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, live: &Live, p: Packet) {
+        codec::encode(&p, live.protocol, &mut self.outbuf);
+    }
+
+    fn handle(&mut self, live: &mut Live, p: Packet) -> Option<Close> {
+        match p {
+            Packet::Publish(p) => return self.on_publish(live, p),
+            Packet::PubAck(r) => {
+                let mut st = live.session.lock();
+                if st.inflight.get(&r.packet_id).is_some_and(|i| i.delivery.qos == QoS::AtLeastOnce) {
+                    st.inflight.remove(&r.packet_id);
+                    st.dirty = true;
+                }
+            }
+            Packet::PubRec(r) => {
+                let code = {
+                    let mut st = live.session.lock();
+                    st.dirty = true;
+                    match st.inflight.get_mut(&r.packet_id) {
+                        Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
+                            if r.code >= 0x80 {
+                                st.inflight.remove(&r.packet_id);
+                                return None;
+                            }
+                            i.released = true;
+                            reason::SUCCESS
+                        }
+                        _ => reason::PACKET_IDENTIFIER_NOT_FOUND,
+                    }
+                };
+                self.send(live, Packet::PubRel(PubResp::new(r.packet_id, code)));
+            }
+            Packet::PubComp(r) => {
+                let mut st = live.session.lock();
+                if st.inflight.get(&r.packet_id).is_some_and(|i| i.released) {
+                    st.inflight.remove(&r.packet_id);
+                    st.dirty = true;
+                }
+            }
+            Packet::PubRel(r) => {
+                let found = {
+                    let mut st = live.session.lock();
+                    st.dirty = true;
+                    st.awaiting_rel.remove(&r.packet_id)
+                };
+                let code = if found { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                self.send(live, Packet::PubComp(PubResp::new(r.packet_id, code)));
+            }
+            Packet::Subscribe(s) => return self.on_subscribe(live, s),
+            Packet::Unsubscribe(u) => {
+                let codes = u
+                    .filters
+                    .iter()
+                    .map(|f| if self.broker.unsubscribe(&live.session, f) { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+                    .collect();
+                self.send(live, Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, codes, properties: Properties::default() }));
+            }
+            Packet::PingReq => self.send(live, Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(exp) = d.properties.session_expiry_interval {
+                    if live.connect_expiry == 0 && exp != 0 {
+                        return Some(Close::Server(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 on CONNECT"));
+                    }
+                    let max = self.broker.mqtt.session_expiry_interval.as_secs().min(u64::from(u32::MAX)) as u32;
+                    live.session.lock().expiry_interval = exp.min(max);
+                }
+                return Some(Close::Normal { keep_will: d.code == reason::DISCONNECT_WITH_WILL });
+            }
+            Packet::Connect(_) => return Some(Close::Server(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => return Some(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::Server(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"));
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, live: &mut Live, mut p: Publish) -> Option<Close> {
+        let cfg = &self.broker.mqtt;
+        if p.qos.as_u8() > cfg.max_qos_allowed {
+            return Some(Close::Server(reason::QOS_NOT_SUPPORTED, "QoS not supported"));
+        }
+        if p.retain && !cfg.retain_available {
+            return Some(Close::Server(reason::RETAIN_NOT_SUPPORTED, "retain not supported"));
+        }
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > cfg.max_topic_alias {
+                return Some(Close::Server(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            }
+            if p.topic.is_empty() {
+                match live.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Some(Close::Server(reason::PROTOCOL_ERROR, "unknown topic alias")),
+                }
+            } else {
+                live.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if !topic::valid_topic_name(&p.topic) || p.topic.split('/').count() > cfg.max_topic_levels {
+            return Some(Close::Server(reason::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        inc(&self.broker.metrics.messages_in[p.qos.as_u8() as usize]);
+        let qos = p.qos;
+        let pkid = p.packet_id;
+        if qos == QoS::ExactlyOnce {
+            let mut st = live.session.lock();
+            if st.awaiting_rel.contains(&pkid) {
+                drop(st);
+                self.send(live, Packet::PubRec(PubResp::new(pkid, reason::SUCCESS)));
+                return None;
+            }
+            if st.awaiting_rel.len() >= usize::from(cfg.max_inflight).max(cfg.max_awaiting_rel) {
+                return Some(Close::Server(reason::RECEIVE_MAXIMUM_EXCEEDED, "too many QoS 2 messages awaiting PUBREL"));
+            }
+        }
+        let mut code = reason::SUCCESS;
+        if !self.broker.authorize(&live.client_id, live.username.as_deref(), AclAction::Publish, &p.topic) {
+            inc(&self.broker.metrics.messages_denied);
+            tracing::debug!(topic = %p.topic, "publish.denied");
+            if live.protocol.is_v5() {
+                code = reason::NOT_AUTHORIZED;
+            }
+        } else if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            code = reason::PAYLOAD_FORMAT_INVALID;
+        } else {
+            let topic: Arc<str> = p.topic.as_str().into();
+            let msg = Message::from_publish(p, topic, live.client_id.clone());
+            self.broker.publish(Arc::new(msg));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(live, Packet::PubAck(PubResp::new(pkid, code))),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    let mut st = live.session.lock();
+                    st.awaiting_rel.insert(pkid);
+                    st.dirty = true;
+                }
+                self.send(live, Packet::PubRec(PubResp::new(pkid, code)));
+            }
+        }
+        None
+    }
+
+    fn on_subscribe(&mut self, live: &mut Live, s: Subscribe) -> Option<Close> {
+        let cfg = self.broker.mqtt.clone();
+        let v5 = live.protocol.is_v5();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in &s.filters {
+            let shared = topic::parse_shared(&f.filter);
+            let inner = match shared {
+                Some(Ok((_, inner))) => inner,
+                Some(Err(_)) => {
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+                None => f.filter.as_str(),
+            };
+            if shared.is_some() && f.options.no_local {
+                return Some(Close::Server(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
+            }
+            let code = if shared.is_some() && !cfg.shared_subscription {
+                reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if !topic::valid_filter(inner) || inner.split('/').count() > cfg.max_topic_levels {
+                reason::TOPIC_FILTER_INVALID
+            } else if inner.contains(['+', '#']) && !cfg.wildcard_subscription {
+                reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if !self.broker.authorize(&live.client_id, live.username.as_deref(), AclAction::Subscribe, inner) {
+                reason::NOT_AUTHORIZED
+            } else if cfg.max_subscriptions.is_some_and(|m| {
+                let st = live.session.lock();
+                st.subscriptions.len() >= m && !st.subscriptions.contains_key(&f.filter)
+            }) {
+                reason::QUOTA_EXCEEDED
+            } else {
+                let granted = granted_qos(f.options.qos, cfg.max_qos_allowed);
+                let opts = SubOptions { qos: granted, ..f.options };
+                let new = self.broker.subscribe(&live.session, &f.filter, opts, sub_id);
+                let send_retained = shared.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new));
+                if send_retained {
+                    for m in self.broker.retained_matching(inner) {
+                        let qos = m.qos.min(granted);
+                        retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect() });
+                    }
+                }
+                granted.as_u8()
+            };
+            if code >= 0x80 {
+                tracing::debug!(filter = %f.filter, code, "subscribe.refused");
+            }
+            codes.push(if !v5 && code >= 0x80 { 0x80 } else { code });
+        }
+        self.send(live, Packet::SubAck(SubAck { packet_id: s.packet_id, codes, properties: Properties::default() }));
+        for d in retained {
+            self.broker.offer(&live.session, d);
+        }
+        None
+    }
+
+    /// Move messages from the session queue to the write buffer within the inflight window.
+    fn fill_outbound(&mut self, live: &Live) {
+        let now = now_ms();
+        let mut st = live.session.lock();
+        while self.outbuf.len() < HIGH_WATER {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(st.window) {
+                break;
+            }
+            let Some(d) = st.queue.pop_front() else { break };
+            st.dirty = true;
+            if d.msg.is_expired(now) {
+                inc(&self.broker.metrics.messages_expired);
+                continue;
+            }
+            let pkid = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match st.alloc_pkid() {
+                    Some(id) => id,
+                    None => {
+                        st.queue.push_front(d);
+                        break;
+                    }
+                }
+            };
+            let before = self.outbuf.len();
+            encode_delivery(&d, pkid, false, live.protocol, now, &mut self.outbuf);
+            if self.outbuf.len() - before > live.max_out {
+                // Too large for this client (MQTT-3.1.2-25): discarded as if delivered.
+                self.outbuf.truncate(before);
+                inc(&self.broker.metrics.messages_dropped);
+                continue;
+            }
+            inc(&self.broker.metrics.messages_out[d.qos.as_u8() as usize]);
+            if d.qos != QoS::AtMostOnce {
+                st.inflight.insert(pkid, Inflight { delivery: d, released: false });
+            }
+        }
+    }
+
+    async fn send_disconnect(&mut self, live: &Live, code: u8, why: Option<&'static str>) {
+        if live.protocol.is_v5() {
+            let mut d = Disconnect::new(code);
+            if live.problem_info {
+                d.properties.reason_string = why.map(str::to_string);
+            }
+            codec::encode(&Packet::Disconnect(d), live.protocol, &mut self.outbuf);
+        }
+        self.flush_now().await;
+    }
+
+    /// Write out the buffer, bounded to one second (the peer may not be reading).
+    async fn flush_now(&mut self) {
+        let wr = &mut self.wr;
+        let buf = &mut self.outbuf;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while !buf.is_empty() {
+                match wr.write_buf(buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = wr.flush().await;
+        })
+        .await;
+        self.outbuf.clear();
+    }
+}
+
+fn static_reason(e: &CodecError) -> &'static str {
+    match e {
+        CodecError::TooLarge { .. } => "packet too large",
+        CodecError::Malformed(s) | CodecError::Protocol(s) => s,
+        _ => "protocol error",
+    }
+}
+
+/// Encode one delivery as PUBLISH. The common cases (3.1.1, or 5.0 without properties) are
+/// written directly without building a `Publish`.
+pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, now: u64, out: &mut BytesMut) {
+    let msg = &d.msg;
+    let remaining_expiry = msg.remaining_secs(now);
+    let plain_props = msg.properties == Properties::default() && d.sub_ids.is_empty() && remaining_expiry.is_none();
+    if !protocol.is_v5() || plain_props {
+        let topic = msg.topic.as_bytes();
+        let mut len = 2 + topic.len() + msg.payload.len();
+        if d.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if protocol.is_v5() {
+            len += 1;
+        }
+        let mut b0 = 0x30 | (d.qos.as_u8() << 1);
+        if dup && d.qos != QoS::AtMostOnce {
+            b0 |= 0x08;
+        }
+        if d.retain {
+            b0 |= 0x01;
+        }
+        out.reserve(len + 5);
+        out.put_u8(b0);
+        put_varint(out, len);
+        out.put_u16(topic.len() as u16);
+        out.put_slice(topic);
+        if d.qos != QoS::AtMostOnce {
+            out.put_u16(pkid);
+        }
+        if protocol.is_v5() {
+            out.put_u8(0);
+        }
+        out.put_slice(&msg.payload);
+        return;
+    }
+    let mut properties = msg.properties.clone();
+    properties.subscription_identifiers = d.sub_ids.clone();
+    properties.message_expiry_interval = remaining_expiry;
+    let p = Publish {
+        dup: dup && d.qos != QoS::AtMostOnce,
+        qos: d.qos,
+        retain: d.retain,
+        topic: msg.topic.to_string(),
+        packet_id: pkid,
+        payload: msg.payload.clone(),
+        properties,
+    };
+    codec::encode(&Packet::Publish(p), protocol, out);
+}
+
+fn put_varint(out: &mut BytesMut, mut n: usize) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}

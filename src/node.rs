@@ -1,0 +1,116 @@
+//! One node: opens storage, builds the broker, binds every listener and the API, and owns the
+//! shutdown of all of them. The one place that starts and stops a node's parts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::broker::session::Kick;
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::listener::{self, ListenerError};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("api.bind: cannot bind {addr}: {source}")]
+    ApiBind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct Node {
+    pub broker: Arc<Broker>,
+    /// Bound MQTT listeners: (name, address), e.g. ("tcp.default", 127.0.0.1:1883).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub api_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// Start every part. Binding happens before anything serves, so a port conflict fails the
+    /// start with a message naming the listener.
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
+            StorageError::Open { path: cfg.node.data_dir.display().to_string(), source: sled::Error::Io(e) }
+        })?;
+        let storage = Storage::open(&cfg.node.data_dir)?;
+        let broker = Broker::new(&cfg, Some(storage), shutdown.clone())?;
+
+        let mut bound = Vec::new();
+        for (name, l) in &cfg.listeners.tcp {
+            if !l.enable || name == "clink" {
+                continue;
+            }
+            bound.push(listener::bind(&format!("tcp.{name}"), l.bind, l.max_connections).await?);
+        }
+        for (name, l) in &cfg.listeners.ssl {
+            if !l.enable {
+                continue;
+            }
+            let full = format!("ssl.{name}");
+            let acceptor = listener::tls_acceptor(&full, l)?;
+            let mut b = listener::bind(&full, l.bind, l.max_connections).await?;
+            b.tls = Some(acceptor);
+            bound.push(b);
+        }
+        let api_listener = if cfg.api.enable {
+            let l = tokio::net::TcpListener::bind(cfg.api.bind)
+                .await
+                .map_err(|source| NodeError::ApiBind { addr: cfg.api.bind, source })?;
+            Some(l)
+        } else {
+            None
+        };
+
+        let mut listeners = Vec::new();
+        for b in bound {
+            if let Ok(addr) = b.listener.local_addr() {
+                tracing::info!(listener = %b.name, %addr, "listener.started");
+                listeners.push((b.name.clone(), addr));
+            }
+            tracker.spawn(listener::serve(b, broker.clone(), tracker.clone()));
+        }
+        let api_addr = match api_listener {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                tracing::info!(addr = ?addr, "api.started");
+                tracker.spawn(api::serve(l, broker.clone(), cfg.node.name.clone()));
+                addr
+            }
+            None => None,
+        };
+        tracker.spawn(broker.clone().run_housekeeping());
+        Ok(Node { broker, listeners, api_addr, shutdown, tracker })
+    }
+
+    /// Address of the listener named e.g. "tcp.default".
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Orderly stop: v5 clients get DISCONNECT 0x8B, every task ends, storage is flushed.
+    pub async fn shutdown(self) {
+        tracing::info!("node.shutting_down");
+        for s in self.broker.sessions() {
+            self.broker.kick(&s.client_id, Kick::Shutdown);
+        }
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+            tracing::warn!("node.shutdown: tasks still running after 5 s");
+        }
+        self.broker.checkpoint(true);
+        tracing::info!("node.stopped");
+    }
+}

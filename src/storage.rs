@@ -1,0 +1,106 @@
+//! Node-local storage on sled: persistent sessions and retained messages.
+//!
+//! Values are bincode 2 (serde) behind a format version byte. Retained messages and session
+//! subscriptions are written when they change; queued messages of offline persistent sessions
+//! are checkpointed (see `Broker::checkpoint`), and everything is flushed at shutdown.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::broker::message::Message;
+use crate::broker::session::SessionRecord;
+
+const FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage encode: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("storage decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("storage: unknown format version {0}")]
+    Version(u8),
+}
+
+pub struct Storage {
+    db: sled::Db,
+    sessions: sled::Tree,
+    retained: sled::Tree,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(bincode::serde::encode_to_vec(v, bincode::config::standard())?);
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0),
+        Some((v, _)) => Err(StorageError::Version(*v)),
+        None => Err(StorageError::Version(0)),
+    }
+}
+
+impl Storage {
+    pub fn open(dir: &Path) -> Result<Storage, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?;
+        let sessions = db.open_tree("sessions")?;
+        let retained = db.open_tree("retained")?;
+        Ok(Storage { db, sessions, retained })
+    }
+
+    pub fn put_session(&self, rec: &SessionRecord) -> Result<(), StorageError> {
+        self.sessions.insert(rec.client_id.as_bytes(), encode(rec)?)?;
+        Ok(())
+    }
+
+    pub fn remove_session(&self, client_id: &str) -> Result<(), StorageError> {
+        self.sessions.remove(client_id.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn load_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.sessions.iter() {
+            let (_, v) = kv?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_retained(&self, msg: &Message) -> Result<(), StorageError> {
+        self.retained.insert(msg.topic.as_bytes(), encode(msg)?)?;
+        Ok(())
+    }
+
+    pub fn remove_retained(&self, topic: &str) -> Result<(), StorageError> {
+        self.retained.remove(topic.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn load_retained(&self) -> Result<Vec<Message>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.retained.iter() {
+            let (_, v) = kv?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Flush everything to disk (fsync).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
