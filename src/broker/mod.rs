@@ -24,7 +24,7 @@ use crate::mqtt::topic;
 use crate::storage::{Storage, StorageError};
 
 use message::{now_ms, Delivery, Message};
-use router::{Match, Router, Subscriber};
+use router::{Router, Subscriber};
 use session::{ConnHandle, Enqueued, Kick, Session, SessionRecord, Subscription};
 
 /// Topic prefix reserved for cluster links: no ordinary client may publish or subscribe.
@@ -272,8 +272,17 @@ impl Broker {
         self.publish(Arc::new(msg));
     }
 
+    /// Whether `session` is still the registered session of its client id (not replaced by a
+    /// clean-start takeover or expired).
+    fn is_current(&self, session: &Arc<Session>) -> bool {
+        self.lock_sessions().get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
+    }
+
     fn persist(&self, session: &Arc<Session>) {
         let Some(storage) = &self.storage else { return };
+        if !self.is_current(session) {
+            return;
+        }
         let rec = {
             let mut st = session.lock();
             if !st.is_persistent() || !st.dirty {

@@ -169,17 +169,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn accept_connect(&mut self, c: Connect) -> Option<Live> {
         let cfg = &self.broker.mqtt;
         let v5 = c.protocol.is_v5();
-        let refuse = |code: u8| code;
         let mut assigned = None;
         let mut client_id = c.client_id.clone();
         let mut fail = None;
         if c.properties.authentication_method.is_some() {
-            fail = Some(refuse(reason::BAD_AUTHENTICATION_METHOD));
+            fail = Some(reason::BAD_AUTHENTICATION_METHOD);
         } else if client_id.len() > cfg.max_clientid_len {
-            fail = Some(refuse(reason::CLIENT_IDENTIFIER_NOT_VALID));
+            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if client_id.is_empty() {
             if !v5 && !c.clean_start {
-                fail = Some(refuse(reason::CLIENT_IDENTIFIER_NOT_VALID));
+                fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
             } else {
                 client_id = format!("strait-{:016x}", rand::random::<u64>());
                 if v5 {
@@ -313,7 +312,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             tokio::select! {
                 biased;
-                k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::Shutdown)),
+                k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::TakenOver)),
                 r = self.wr.write_buf(&mut self.outbuf), if !self.outbuf.is_empty() => match r {
                     Ok(0) | Err(_) => return Close::Abnormal,
                     Ok(n) => { self.broker.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed); }
@@ -467,7 +466,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let qos = p.qos;
         let pkid = p.packet_id;
         if qos == QoS::ExactlyOnce {
-            let mut st = live.session.lock();
+            let st = live.session.lock();
             if st.awaiting_rel.contains(&pkid) {
                 drop(st);
                 self.send(live, Packet::PubRec(PubResp::new(pkid, reason::SUCCESS)));
