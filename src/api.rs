@@ -29,7 +29,9 @@ pub fn router(broker: Arc<Broker>, node: String) -> Router {
         .route("/api/v5/clients/{id}", get(client).delete(kick))
         .route("/api/v5/subscriptions", get(subscriptions))
         .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"}))) })
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
+        })
         .with_state(state)
 }
 
@@ -87,7 +89,8 @@ async fn client(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
 }
 
 fn not_found(id: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"code": "CLIENTID_NOT_FOUND", "message": format!("client {id} not found")}))).into_response()
+    (StatusCode::NOT_FOUND, Json(json!({"code": "CLIENTID_NOT_FOUND", "message": format!("client {id} not found")})))
+        .into_response()
 }
 
 async fn kick(State(s): State<ApiState>, Path(id): Path<String>) -> Response {

@@ -78,23 +78,13 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{origin}:{line}: {problem}")]
-    Parse {
-        origin: String,
-        line: usize,
-        problem: String,
-    },
+    Parse { origin: String, line: usize, problem: String },
 }
 
 fn read(path: &Path) -> Result<String, AuthError> {
-    std::fs::read_to_string(path).map_err(|source| AuthError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.display().to_string(), source })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -103,27 +93,16 @@ fn read(path: &Path) -> Result<String, AuthError> {
 
 #[derive(Clone)]
 enum Hash {
-    Pbkdf2 {
-        iterations: u32,
-        salt: Vec<u8>,
-        key: Vec<u8>,
-    },
-    Sha512 {
-        salt: Vec<u8>,
-        key: Vec<u8>,
-    },
+    Pbkdf2 { iterations: u32, salt: Vec<u8>, key: Vec<u8> },
+    Sha512 { salt: Vec<u8>, key: Vec<u8> },
 }
 
 impl Hash {
     fn parse(value: &str) -> Result<Hash, String> {
-        let b64 = |what: &str, s: &str| {
-            B64.decode(s)
-                .map_err(|e| format!("invalid base64 in the {what}: {e}"))
-        };
+        let b64 = |what: &str, s: &str| B64.decode(s).map_err(|e| format!("invalid base64 in the {what}: {e}"));
         if let Some(rest) = value.strip_prefix("$7$") {
             let mut parts = rest.split('$');
-            let (Some(iter), Some(salt), Some(key), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(iter), Some(salt), Some(key), None) = (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err("expected $7$<iterations>$<salt>$<hash>".to_string());
             };
@@ -137,11 +116,7 @@ impl Hash {
             if key.is_empty() || key.len() > KEY_LEN {
                 return Err(format!("hash is {} bytes, expected {KEY_LEN}", key.len()));
             }
-            Ok(Hash::Pbkdf2 {
-                iterations,
-                salt,
-                key,
-            })
+            Ok(Hash::Pbkdf2 { iterations, salt, key })
         } else if let Some(rest) = value.strip_prefix("$6$") {
             let Some((salt, key)) = rest.split_once('$') else {
                 return Err("expected $6$<salt>$<hash>".to_string());
@@ -153,21 +128,15 @@ impl Hash {
             }
             Ok(Hash::Sha512 { salt, key })
         } else {
-            Err(
-                "unsupported password hash (expected a $7$ or $6$ value as written by \
+            Err("unsupported password hash (expected a $7$ or $6$ value as written by \
                  mosquitto_passwd; plain-text passwords are not accepted)"
-                    .to_string(),
-            )
+                .to_string())
         }
     }
 
     fn matches(&self, password: &[u8]) -> bool {
         match self {
-            Hash::Pbkdf2 {
-                iterations,
-                salt,
-                key,
-            } => {
+            Hash::Pbkdf2 { iterations, salt, key } => {
                 let mut out = [0u8; KEY_LEN];
                 let out = &mut out[..key.len()];
                 pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, out);
@@ -202,9 +171,7 @@ pub struct PasswordFile {
 
 impl fmt::Debug for PasswordFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PasswordFile")
-            .field("users", &self.users.len())
-            .finish_non_exhaustive()
+        f.debug_struct("PasswordFile").field("users", &self.users.len()).finish_non_exhaustive()
     }
 }
 
@@ -220,11 +187,7 @@ impl PasswordFile {
         let mut first_lines: HashMap<String, usize> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
-            let fail = |problem: String| AuthError::Parse {
-                origin: origin.to_string(),
-                line,
-                problem,
-            };
+            let fail = |problem: String| AuthError::Parse { origin: origin.to_string(), line, problem };
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -235,22 +198,15 @@ impl PasswordFile {
             if user.is_empty() {
                 return Err(fail("empty username".to_string()));
             }
-            let hash =
-                Hash::parse(value.trim()).map_err(|p| fail(format!("user {user:?}: {p}")))?;
+            let hash = Hash::parse(value.trim()).map_err(|p| fail(format!("user {user:?}: {p}")))?;
             if let Some(prev) = first_lines.insert(user.to_string(), line) {
-                return Err(fail(format!(
-                    "duplicate user {user:?} (first on line {prev})"
-                )));
+                return Err(fail(format!("duplicate user {user:?} (first on line {prev})")));
             }
             users.insert(user.to_string(), hash);
         }
         Ok(PasswordFile {
             users,
-            dummy: Hash::Pbkdf2 {
-                iterations: HASH_ITERATIONS,
-                salt: vec![0; SALT_LEN],
-                key: vec![0; KEY_LEN],
-            },
+            dummy: Hash::Pbkdf2 { iterations: HASH_ITERATIONS, salt: vec![0; SALT_LEN], key: vec![0; KEY_LEN] },
         })
     }
 
@@ -411,13 +367,7 @@ impl Acl {
 
     /// Whether `client_id` (with `username`, `None` = anonymous) may publish to the topic
     /// name / subscribe to the filter `topic_or_filter`.
-    pub fn check(
-        &self,
-        client_id: &str,
-        username: Option<&str>,
-        action: AclAction,
-        topic_or_filter: &str,
-    ) -> bool {
+    pub fn check(&self, client_id: &str, username: Option<&str>, action: AclAction, topic_or_filter: &str) -> bool {
         let target = match (action, parse_shared(topic_or_filter)) {
             (AclAction::Subscribe, Some(Ok((_, inner)))) => inner,
             _ => topic_or_filter,
@@ -498,11 +448,7 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         other => match other.split_once(':') {
             Some(("user", name)) if !name.is_empty() => Who::User(name.to_string()),
             Some(("client", id)) if !id.is_empty() => Who::Client(id.to_string()),
-            _ => {
-                return Err(format!(
-                    "expected all, anonymous, user:<name> or client:<id>, found {other:?}"
-                ))
-            }
+            _ => return Err(format!("expected all, anonymous, user:<name> or client:<id>, found {other:?}")),
         },
     };
     let (action, rest) = word(rest);
@@ -511,42 +457,24 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         "subscribe" => (false, true),
         "all" => (true, true),
         "" => return Err(format!("missing action; {USAGE}")),
-        other => {
-            return Err(format!(
-                "expected publish, subscribe or all, found {other:?}"
-            ))
-        }
+        other => return Err(format!("expected publish, subscribe or all, found {other:?}")),
     };
     let mut filter = rest.trim();
     let mut eq = false;
-    if let Some(f) = filter
-        .strip_prefix("eq ")
-        .or_else(|| filter.strip_prefix("eq\t"))
-    {
+    if let Some(f) = filter.strip_prefix("eq ").or_else(|| filter.strip_prefix("eq\t")) {
         eq = true;
         filter = f.trim_start();
     }
     if filter.is_empty() {
         return Err(format!("missing topic filter; {USAGE}"));
     }
-    if filter.split('/').any(|level| {
-        level != "%c" && level != "%u" && (level.contains("%c") || level.contains("%u"))
-    }) {
-        return Err(format!(
-            "invalid topic filter {filter:?}: %c and %u must fill a whole topic level"
-        ));
+    if filter.split('/').any(|level| level != "%c" && level != "%u" && (level.contains("%c") || level.contains("%u"))) {
+        return Err(format!("invalid topic filter {filter:?}: %c and %u must fill a whole topic level"));
     }
     if !valid_filter(&substitute(filter, "c", "u")) {
         return Err(format!("invalid topic filter {filter:?}"));
     }
-    Ok(Rule {
-        verdict,
-        who,
-        publish,
-        subscribe,
-        eq,
-        filter: filter.to_string(),
-    })
+    Ok(Rule { verdict, who, publish, subscribe, eq, filter: filter.to_string() })
 }
 
 #[cfg(test)]
@@ -560,9 +488,7 @@ mod tests {
     const CAROL_SHA512: &str = "carol:$6$LB7rrBjPuSHawyEh$kJ/qfrMbkWwaV98QTElLYQUc8hMjvnXLbSFpOiRDvrr/H88GXMWhUXhaMIdBBTJAMVFSnONKtRXvKzuzaiOXDg==";
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/auth")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth").join(name)
     }
 
     #[test]
@@ -603,10 +529,7 @@ mod tests {
         assert_ne!(hash_password("s3cret"), value, "salt must be random");
         // deterministic form matches mosquitto's line for alice
         let salt = B64.decode("CQ5TpMvudbH9QknE").unwrap();
-        assert_eq!(
-            format!("alice:{}", hash_with(b"secret123", &salt, 101)),
-            ALICE
-        );
+        assert_eq!(format!("alice:{}", hash_with(b"secret123", &salt, 101)), ALICE);
     }
 
     #[test]
@@ -614,11 +537,7 @@ mod tests {
         for (text, line, needle) in [
             ("alice\n", 1, "expected username:hash"),
             ("# c\nalice:plain\n", 2, "unsupported password hash"),
-            (
-                &format!("{ALICE}\n{ALICE}\n"),
-                2,
-                "duplicate user \"alice\" (first on line 1)",
-            ),
+            (&format!("{ALICE}\n{ALICE}\n"), 2, "duplicate user \"alice\" (first on line 1)"),
             ("x:$7$abc$AAAA$AAAA\n", 1, "invalid iteration count"),
             ("x:$7$101$!!$AAAA\n", 1, "invalid base64"),
             ("x:$6$AAAA$AAAA\n", 1, "hash is 3 bytes"),
@@ -740,38 +659,16 @@ allow  all            subscribe  public/#
     #[test]
     fn acl_errors_name_line() {
         for (text, line, needle) in [
-            (
-                "allow all publish a\npermit all publish a\n",
-                2,
-                "expected allow or deny",
-            ),
-            (
-                "allow who publish a\n",
-                1,
-                "expected all, anonymous, user:<name>",
-            ),
+            ("allow all publish a\npermit all publish a\n", 2, "expected allow or deny"),
+            ("allow who publish a\n", 1, "expected all, anonymous, user:<name>"),
             ("allow user: publish a\n", 1, "expected all, anonymous"),
-            (
-                "allow all read a\n",
-                1,
-                "expected publish, subscribe or all",
-            ),
+            ("allow all read a\n", 1, "expected publish, subscribe or all"),
             ("allow all publish\n", 1, "missing topic filter"),
-            (
-                "\n\n# c\nallow all publish a/#/b\n",
-                4,
-                "invalid topic filter",
-            ),
-            (
-                "allow all publish a%c\n",
-                1,
-                "must fill a whole topic level",
-            ),
+            ("\n\n# c\nallow all publish a/#/b\n", 4, "invalid topic filter"),
+            ("allow all publish a%c\n", 1, "must fill a whole topic level"),
             ("deny\n", 1, "missing who"),
         ] {
-            let e = Acl::parse_str(text, "acl", AclVerdict::Allow)
-                .unwrap_err()
-                .to_string();
+            let e = Acl::parse_str(text, "acl", AclVerdict::Allow).unwrap_err().to_string();
             assert!(e.starts_with(&format!("acl:{line}: ")), "{e}");
             assert!(e.contains(needle), "{e}");
         }

@@ -122,10 +122,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            name: "strait@127.0.0.1".to_string(),
-            data_dir: PathBuf::from("./data"),
-        }
+        NodeConfig { name: "strait@127.0.0.1".to_string(), data_dir: PathBuf::from("./data") }
     }
 }
 
@@ -140,17 +137,8 @@ pub struct Listeners {
 impl Default for Listeners {
     fn default() -> Self {
         let mut tcp = BTreeMap::new();
-        tcp.insert(
-            "default".to_string(),
-            TcpListenerConfig {
-                bind: any_addr(1883),
-                ..TcpListenerConfig::default()
-            },
-        );
-        Listeners {
-            tcp,
-            ssl: BTreeMap::new(),
-        }
+        tcp.insert("default".to_string(), TcpListenerConfig { bind: any_addr(1883), ..TcpListenerConfig::default() });
+        Listeners { tcp, ssl: BTreeMap::new() }
     }
 }
 
@@ -163,11 +151,7 @@ pub struct TcpListenerConfig {
 
 impl Default for TcpListenerConfig {
     fn default() -> Self {
-        TcpListenerConfig {
-            enable: true,
-            bind: any_addr(1883),
-            max_connections: 100_000,
-        }
+        TcpListenerConfig { enable: true, bind: any_addr(1883), max_connections: 100_000 }
     }
 }
 
@@ -274,10 +258,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            enable: true,
-            bind: any_addr(18083),
-        }
+        ApiConfig { enable: true, bind: any_addr(18083) }
     }
 }
 
@@ -291,10 +272,7 @@ pub struct AuthnConfig {
 
 impl Default for AuthnConfig {
     fn default() -> Self {
-        AuthnConfig {
-            allow_anonymous: true,
-            password_file: None,
-        }
+        AuthnConfig { allow_anonymous: true, password_file: None }
     }
 }
 
@@ -325,11 +303,7 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig {
-            name: "strait".to_string(),
-            seeds: Vec::new(),
-            links: Vec::new(),
-        }
+        ClusterConfig { name: "strait".to_string(), seeds: Vec::new(), links: Vec::new() }
     }
 }
 
@@ -395,9 +369,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".to_string(),
-        }
+        LogConfig { level: "info".to_string() }
     }
 }
 
@@ -421,10 +393,7 @@ fn key_prefix(key: &str) -> String {
 
 impl Config {
     /// Parse FILE (HOCON), apply env overrides from `env` (pass std::env::vars()), validate.
-    pub fn load(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: origin.clone(),
@@ -445,9 +414,7 @@ impl Config {
     }
 
     /// Defaults + env overrides only (for `strait` with no args).
-    pub fn from_env(
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         build(None, "environment", env.into_iter().collect())
     }
 }
@@ -476,10 +443,7 @@ fn build(
     }
     decode(&root).map_err(|fail| {
         // Blame the variable that set (a parent of) the offending key, if any.
-        let blamed = overrides
-            .iter()
-            .filter(|o| key_within(&fail.key, &o.key))
-            .max_by_key(|o| o.key.len());
+        let blamed = overrides.iter().filter(|o| key_within(&fail.key, &o.key)).max_by_key(|o| o.key.len());
         ConfigError {
             origin: blamed.map_or_else(|| origin.to_string(), |o| format!("${}", o.var)),
             key: fail.key,
@@ -492,30 +456,18 @@ fn build(
 fn key_within(key: &str, prefix: &str) -> bool {
     prefix.is_empty()
         || key == prefix
-        || key
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        || key.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
-fn parse_hocon(
-    text: &str,
-    origin: &str,
-    base: Option<PathBuf>,
-    env: &[(String, String)],
-) -> Result<Node, ConfigError> {
+fn parse_hocon(text: &str, origin: &str, base: Option<PathBuf>, env: &[(String, String)]) -> Result<Node, ConfigError> {
     let mut opts = hocon::ParseOptions::defaults()
         .with_origin_description(origin.to_string())
         .with_env(env.iter().cloned().collect::<HashMap<_, _>>());
     if let Some(base) = base {
         opts = opts.with_base_dir(base);
     }
-    let parsed =
-        hocon::parse_string_with_options(text, opts).map_err(|e| hocon_error(origin, e))?;
-    root_node(&parsed).map_err(|f| ConfigError {
-        origin: origin.to_string(),
-        key: f.key,
-        problem: f.problem,
-    })
+    let parsed = hocon::parse_string_with_options(text, opts).map_err(|e| hocon_error(origin, e))?;
+    root_node(&parsed).map_err(|f| ConfigError { origin: origin.to_string(), key: f.key, problem: f.problem })
 }
 
 fn hocon_error(origin: &str, e: hocon::HoconError) -> ConfigError {
@@ -537,11 +489,7 @@ fn hocon_error(origin: &str, e: hocon::HoconError) -> ConfigError {
                 .unwrap_or(&c.message)
                 .to_string(),
         },
-        other => ConfigError {
-            origin: origin.to_string(),
-            key: String::new(),
-            problem: other.to_string(),
-        },
+        other => ConfigError { origin: origin.to_string(), key: String::new(), problem: other.to_string() },
     }
 }
 
@@ -564,15 +512,10 @@ fn ensure_default_listener(root: &mut Node) {
     let Node::Obj(entries) = listeners else {
         return; // a type error, reported by decode
     };
-    let has_tcp = entries
-        .iter()
-        .any(|(k, v)| k == "tcp" && !matches!(v, Node::Null));
+    let has_tcp = entries.iter().any(|(k, v)| k == "tcp" && !matches!(v, Node::Null));
     if !has_tcp {
         entries.retain(|(k, _)| k != "tcp");
-        entries.push((
-            "tcp".to_string(),
-            Node::Obj(vec![("default".to_string(), Node::Obj(Vec::new()))]),
-        ));
+        entries.push(("tcp".to_string(), Node::Obj(vec![("default".to_string(), Node::Obj(Vec::new()))])));
     }
 }
 
@@ -666,10 +609,7 @@ struct Fail {
 
 impl Fail {
     fn new(key: impl Into<String>, problem: impl Into<String>) -> Fail {
-        Fail {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Fail { key: key.into(), problem: problem.into() }
     }
 
     fn expected(key: impl Into<String>, what: &str, found: &Node) -> Fail {
@@ -735,13 +675,8 @@ const MQTT: Schema = Schema::Obj(&[
 const API: Schema = Schema::Obj(&[("enable", L), ("bind", L)]);
 const AUTHN: Schema = Schema::Obj(&[("allow_anonymous", L), ("password_file", L)]);
 const AUTHZ: Schema = Schema::Obj(&[("acl_file", L), ("no_match", L)]);
-const LINK_SSL: Schema = Schema::Obj(&[
-    ("enable", L),
-    ("cacertfile", L),
-    ("certfile", L),
-    ("keyfile", L),
-    ("verify", L),
-]);
+const LINK_SSL: Schema =
+    Schema::Obj(&[("enable", L), ("cacertfile", L), ("certfile", L), ("keyfile", L), ("verify", L)]);
 const LINK: Schema = Schema::Obj(&[
     ("name", L),
     ("enable", L),
@@ -755,12 +690,8 @@ const LINK: Schema = Schema::Obj(&[
     ("max_inflight", L),
 ]);
 const STATIC: Schema = Schema::Obj(&[("seeds", L)]);
-const CLUSTER: Schema = Schema::Obj(&[
-    ("name", L),
-    ("discovery_strategy", L),
-    ("static", STATIC),
-    ("links", Schema::List(&LINK)),
-]);
+const CLUSTER: Schema =
+    Schema::Obj(&[("name", L), ("discovery_strategy", L), ("static", STATIC), ("links", Schema::List(&LINK))]);
 const LOG: Schema = Schema::Obj(&[("level", L)]);
 const ROOT: Schema = Schema::Obj(&[
     ("node", NODE),
@@ -775,11 +706,7 @@ const ROOT: Schema = Schema::Obj(&[
 
 fn schema_keys(s: &Schema) -> String {
     match s {
-        Schema::Obj(fields) => fields
-            .iter()
-            .map(|(k, _)| *k)
-            .collect::<Vec<_>>()
-            .join(", "),
+        Schema::Obj(fields) => fields.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
         _ => String::new(),
     }
 }
@@ -818,12 +745,7 @@ fn parse_overrides(env: &[(String, String)]) -> Result<Vec<Override>, ConfigErro
             key,
             problem,
         })?;
-        out.push(Override {
-            var: var.clone(),
-            key,
-            path,
-            value: parse_env_value(raw),
-        });
+        out.push(Override { var: var.clone(), key, path, value: parse_env_value(raw) });
     }
     // Deterministic order; a variable for a parent key applies before those for its children.
     out.sort_by(|a, b| a.var.cmp(&b.var));
@@ -847,10 +769,7 @@ fn check_override_path(names: &[String]) -> Result<(String, Vec<Seg>), (String, 
                     schema = next;
                 }
                 None => {
-                    return Err((
-                        join(&key, name),
-                        format!("unknown key (expected one of: {})", schema_keys(schema)),
-                    ))
+                    return Err((join(&key, name), format!("unknown key (expected one of: {})", schema_keys(schema))))
                 }
             },
             Schema::Map(inner) => {
@@ -860,10 +779,7 @@ fn check_override_path(names: &[String]) -> Result<(String, Vec<Seg>), (String, 
             }
             Schema::List(inner) => {
                 let Ok(i) = name.parse::<usize>() else {
-                    return Err((
-                        join(&key, name),
-                        "expected a list index (0, 1, ...) at this level".to_string(),
-                    ));
+                    return Err((join(&key, name), "expected a list index (0, 1, ...) at this level".to_string()));
                 };
                 key = index(&key, i);
                 segs.push(Seg::Index(i));
@@ -938,9 +854,7 @@ fn set_path(node: &mut Node, path: &[Seg], value: Node) -> Result<(), String> {
             let len = items.len();
             match items.get_mut(*i) {
                 Some(child) => set_path(child, rest, value),
-                None => Err(format!(
-                    "list index {i} is past the end of the list ({len} elements)"
-                )),
+                None => Err(format!("list index {i} is past the end of the list ({len} elements)")),
             }
         }
     }
@@ -978,14 +892,8 @@ fn object<'n>(node: Option<&'n Node>, path: String, schema: &Schema) -> R<Obj<'n
         Some(other) => return Err(Fail::expected(path, "an object", other)),
     };
     if let Schema::Obj(fields) = schema {
-        if let Some((k, _)) = entries
-            .iter()
-            .find(|(k, _)| !fields.iter().any(|(f, _)| f == k))
-        {
-            return Err(Fail::new(
-                join(&path, k),
-                format!("unknown key (expected one of: {})", schema_keys(schema)),
-            ));
+        if let Some((k, _)) = entries.iter().find(|(k, _)| !fields.iter().any(|(f, _)| f == k)) {
+            return Err(Fail::new(join(&path, k), format!("unknown key (expected one of: {})", schema_keys(schema))));
         }
     }
     Ok(Obj { path, entries })
@@ -993,11 +901,7 @@ fn object<'n>(node: Option<&'n Node>, path: String, schema: &Schema) -> R<Obj<'n
 
 impl<'n> Obj<'n> {
     fn get(&self, k: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v)
-            .filter(|v| !matches!(v, Node::Null))
+        self.entries.iter().find(|(n, _)| n == k).map(|(_, v)| v).filter(|v| !matches!(v, Node::Null))
     }
 
     fn key(&self, k: &str) -> String {
@@ -1025,15 +929,12 @@ impl<'n> Obj<'n> {
     fn string(&self, k: &str) -> R<Option<String>> {
         match self.get(k) {
             None => Ok(None),
-            Some(n) => as_string(n)
-                .map(Some)
-                .ok_or_else(|| Fail::expected(self.key(k), "a string", n)),
+            Some(n) => as_string(n).map(Some).ok_or_else(|| Fail::expected(self.key(k), "a string", n)),
         }
     }
 
     fn required_string(&self, k: &str) -> R<String> {
-        self.string(k)?
-            .ok_or_else(|| Fail::new(self.key(k), "missing required key"))
+        self.string(k)?.ok_or_else(|| Fail::new(self.key(k), "missing required key"))
     }
 
     fn path(&self, k: &str) -> R<Option<PathBuf>> {
@@ -1063,16 +964,9 @@ impl<'n> Obj<'n> {
     fn bind(&self, k: &str, default: Option<SocketAddr>) -> R<SocketAddr> {
         match (self.get(k), default) {
             (None, Some(d)) => Ok(d),
-            (None, None) => Err(Fail::new(
-                self.key(k),
-                "missing required key (a port or \"ip:port\")",
-            )),
+            (None, None) => Err(Fail::new(self.key(k), "missing required key (a port or \"ip:port\")")),
             (Some(n), _) => parse_bind(n).ok_or_else(|| {
-                Fail::expected(
-                    self.key(k),
-                    "a port (1883) or \"ip:port\" (\"127.0.0.1:1883\", \"[::1]:1883\")",
-                    n,
-                )
+                Fail::expected(self.key(k), "a port (1883) or \"ip:port\" (\"127.0.0.1:1883\", \"[::1]:1883\")", n)
             }),
         }
     }
@@ -1083,11 +977,7 @@ impl<'n> Obj<'n> {
             Some(n) => match as_string(n).as_deref() {
                 Some("verify_peer") => Ok(true),
                 Some("verify_none") => Ok(false),
-                _ => Err(Fail::expected(
-                    self.key(k),
-                    "\"verify_peer\" or \"verify_none\"",
-                    n,
-                )),
+                _ => Err(Fail::expected(self.key(k), "\"verify_peer\" or \"verify_none\"", n)),
             },
         }
     }
@@ -1155,11 +1045,7 @@ fn as_i64(n: &Node) -> Option<i64> {
 }
 
 fn int_in<T: TryFrom<i64>>(n: &Node, key: &str, lo: i64, hi: i64) -> R<T> {
-    let what = if hi == i64::MAX {
-        format!("an integer >= {lo}")
-    } else {
-        format!("an integer {lo}..={hi}")
-    };
+    let what = if hi == i64::MAX { format!("an integer >= {lo}") } else { format!("an integer {lo}..={hi}") };
     as_i64(n)
         .filter(|v| (lo..=hi).contains(v))
         .and_then(|v| T::try_from(v).ok())
@@ -1183,10 +1069,7 @@ fn parse_bind(n: &Node) -> Option<SocketAddr> {
         return port.parse().ok().map(any_addr);
     }
     if let Some(port) = s.strip_prefix("localhost:") {
-        return port
-            .parse()
-            .ok()
-            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+        return port.parse().ok().map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
     }
     s.parse().ok()
 }
@@ -1199,9 +1082,7 @@ fn parse_server(s: &str) -> Result<ServerAddr, String> {
             return Err(format!("invalid server address {s:?}: missing ']'"));
         };
         let Some(port) = after.strip_prefix(':') else {
-            return Err(format!(
-                "invalid server address {s:?}: missing port (\"host:port\")"
-            ));
+            return Err(format!("invalid server address {s:?}: missing port (\"host:port\")"));
         };
         if host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("invalid server address {s:?}: bad IPv6 address"));
@@ -1209,14 +1090,10 @@ fn parse_server(s: &str) -> Result<ServerAddr, String> {
         (host, port)
     } else {
         let Some((host, port)) = s.rsplit_once(':') else {
-            return Err(format!(
-                "invalid server address {s:?}: missing port (\"host:port\")"
-            ));
+            return Err(format!("invalid server address {s:?}: missing port (\"host:port\")"));
         };
         if host.contains(':') {
-            return Err(format!(
-                "invalid server address {s:?}: write IPv6 addresses as \"[addr]:port\""
-            ));
+            return Err(format!("invalid server address {s:?}: write IPv6 addresses as \"[addr]:port\""));
         }
         (host, port)
     };
@@ -1224,13 +1101,8 @@ fn parse_server(s: &str) -> Result<ServerAddr, String> {
         return Err(format!("invalid server address {s:?}: bad host"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(ServerAddr {
-            host: host.to_string(),
-            port: p,
-        }),
-        _ => Err(format!(
-            "invalid server address {s:?}: port must be 1..=65535"
-        )),
+        Ok(p) if p != 0 => Ok(ServerAddr { host: host.to_string(), port: p }),
+        _ => Err(format!("invalid server address {s:?}: port must be 1..=65535")),
     }
 }
 
@@ -1272,14 +1144,10 @@ fn parse_duration(s: &str) -> Option<Duration> {
     let mut rest = s;
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (int, frac) = split_number(&rest[..num_len])?;
         rest = rest[num_len..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
         let factor: u128 = match rest[..unit_len].to_ascii_lowercase().as_str() {
             "ns" | "nanos" | "nanosecond" | "nanoseconds" => 1,
             "us" | "micros" | "microsecond" | "microseconds" => 1_000,
@@ -1309,9 +1177,7 @@ fn parse_size(n: &Node) -> Option<u128> {
         Node::Str(s) => s.trim(),
         _ => return None,
     };
-    let num_len = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let num_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (int, frac) = split_number(&s[..num_len])?;
     let factor: u128 = match s[num_len..].trim().to_ascii_lowercase().as_str() {
         "" | "b" | "byte" | "bytes" => 1,
@@ -1356,9 +1222,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("must not be empty".to_string())
     } else if name.contains(['/', '+', '#', '\0']) || name.chars().any(char::is_whitespace) {
-        Err(format!(
-            "invalid name {name:?}: no '/', '+', '#' or whitespace allowed"
-        ))
+        Err(format!("invalid name {name:?}: no '/', '+', '#' or whitespace allowed"))
     } else {
         Ok(())
     }
@@ -1388,17 +1252,11 @@ fn decode_node(o: &Obj) -> R<NodeConfig> {
     if name.trim().is_empty() {
         return Err(Fail::new(o.key("name"), "must not be empty"));
     }
-    Ok(NodeConfig {
-        name,
-        data_dir: o.path("data_dir")?.unwrap_or(d.data_dir),
-    })
+    Ok(NodeConfig { name, data_dir: o.path("data_dir")?.unwrap_or(d.data_dir) })
 }
 
 fn decode_listeners(o: &Obj) -> R<Listeners> {
-    let mut out = Listeners {
-        tcp: BTreeMap::new(),
-        ssl: BTreeMap::new(),
-    };
+    let mut out = Listeners { tcp: BTreeMap::new(), ssl: BTreeMap::new() };
     let tcp = o.sub("tcp", &TCP_MAP)?;
     for (name, node) in tcp.entries {
         if matches!(node, Node::Null) {
@@ -1434,10 +1292,7 @@ fn decode_listeners(o: &Obj) -> R<Listeners> {
             match l.path(k)? {
                 Some(p) => Ok(p),
                 None if !enable => Ok(PathBuf::new()),
-                None => Err(Fail::new(
-                    l.key(k),
-                    "missing required key for an enabled SSL listener",
-                )),
+                None => Err(Fail::new(l.key(k), "missing required key for an enabled SSL listener")),
             }
         };
         let certfile = required("certfile")?;
@@ -1471,13 +1326,8 @@ fn decode_listeners(o: &Obj) -> R<Listeners> {
 fn max_connections(l: &Obj, default: usize) -> R<usize> {
     match l.get("max_connections") {
         Some(Node::Str(s)) if s == "infinity" => Ok(usize::MAX),
-        Some(n) => int_in(n, &l.key("max_connections"), 1, i64::MAX).map_err(|_| {
-            Fail::expected(
-                l.key("max_connections"),
-                "an integer >= 1 or \"infinity\"",
-                n,
-            )
-        }),
+        Some(n) => int_in(n, &l.key("max_connections"), 1, i64::MAX)
+            .map_err(|_| Fail::expected(l.key("max_connections"), "an integer >= 1 or \"infinity\"", n)),
         None => Ok(default),
     }
 }
@@ -1501,13 +1351,8 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         None => None,
         Some(Node::Str(s)) if s == "disabled" => None,
         Some(n) => Some(
-            int_in(n, &o.key("server_keepalive"), 1, i64::from(u16::MAX)).map_err(|_| {
-                Fail::expected(
-                    o.key("server_keepalive"),
-                    "an integer 1..=65535 or \"disabled\"",
-                    n,
-                )
-            })?,
+            int_in(n, &o.key("server_keepalive"), 1, i64::from(u16::MAX))
+                .map_err(|_| Fail::expected(o.key("server_keepalive"), "an integer 1..=65535 or \"disabled\"", n))?,
         ),
     };
     let keepalive_multiplier = match o.get("keepalive_multiplier") {
@@ -1523,13 +1368,8 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         None => None,
         Some(Node::Str(s)) if s == "infinity" => None,
         Some(n) => Some(
-            int_in(n, &o.key("max_subscriptions"), 0, i64::MAX).map_err(|_| {
-                Fail::expected(
-                    o.key("max_subscriptions"),
-                    "an integer >= 0 or \"infinity\"",
-                    n,
-                )
-            })?,
+            int_in(n, &o.key("max_subscriptions"), 0, i64::MAX)
+                .map_err(|_| Fail::expected(o.key("max_subscriptions"), "an integer >= 0 or \"infinity\"", n))?,
         ),
     };
     Ok(MqttConfig {
@@ -1543,11 +1383,7 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         shared_subscription: o.bool("shared_subscription", d.shared_subscription)?,
         server_keepalive,
         keepalive_multiplier,
-        session_expiry_interval: o.duration(
-            "session_expiry_interval",
-            d.session_expiry_interval,
-            true,
-        )?,
+        session_expiry_interval: o.duration("session_expiry_interval", d.session_expiry_interval, true)?,
         max_inflight: o.int("max_inflight", 1, 65535, d.max_inflight)?,
         max_mqueue_len: o.int("max_mqueue_len", 0, i64::MAX, d.max_mqueue_len)?,
         mqueue_store_qos0: o.bool("mqueue_store_qos0", d.mqueue_store_qos0)?,
@@ -1561,10 +1397,7 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
 
 fn decode_api(o: &Obj) -> R<ApiConfig> {
     let d = ApiConfig::default();
-    Ok(ApiConfig {
-        enable: o.bool("enable", d.enable)?,
-        bind: o.bind("bind", Some(d.bind))?,
-    })
+    Ok(ApiConfig { enable: o.bool("enable", d.enable)?, bind: o.bind("bind", Some(d.bind))? })
 }
 
 fn decode_authn(o: &Obj) -> R<AuthnConfig> {
@@ -1584,10 +1417,7 @@ fn decode_authz(o: &Obj) -> R<AuthzConfig> {
             _ => return Err(Fail::expected(o.key("no_match"), "allow or deny", n)),
         },
     };
-    Ok(AuthzConfig {
-        acl_file: o.path("acl_file")?,
-        no_match,
-    })
+    Ok(AuthzConfig { acl_file: o.path("acl_file")?, no_match })
 }
 
 fn decode_log(o: &Obj) -> R<LogConfig> {
@@ -1615,18 +1445,12 @@ fn decode_log(o: &Obj) -> R<LogConfig> {
 }
 
 fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {
-    let name = o
-        .string("name")?
-        .unwrap_or_else(|| ClusterConfig::default().name);
+    let name = o.string("name")?.unwrap_or_else(|| ClusterConfig::default().name);
     check_name(&name).map_err(|p| Fail::new(o.key("name"), p))?;
     if let Some(n) = o.get("discovery_strategy") {
         // accepted for EMQX compatibility; seeds are used whenever present
         if !matches!(as_string(n).as_deref(), Some("manual" | "static")) {
-            return Err(Fail::expected(
-                o.key("discovery_strategy"),
-                "\"manual\" or \"static\"",
-                n,
-            ));
+            return Err(Fail::expected(o.key("discovery_strategy"), "\"manual\" or \"static\"", n));
         }
     }
     let st = o.sub("static", &STATIC)?;
@@ -1659,11 +1483,7 @@ fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {
         if let Some(j) = links.iter().position(|l| l.name == link.name) {
             return Err(Fail::new(
                 lo.key("name"),
-                format!(
-                    "duplicate link name {:?} (also {})",
-                    link.name,
-                    join(&index(&links_key, j), "name")
-                ),
+                format!("duplicate link name {:?} (also {})", link.name, join(&index(&links_key, j), "name")),
             ));
         }
         links.push(link);
@@ -1684,9 +1504,7 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
         ));
     }
     let server = decode_servers(o)?;
-    let clientid = o
-        .string("clientid")?
-        .unwrap_or_else(|| format!("clink-{cluster_name}"));
+    let clientid = o.string("clientid")?.unwrap_or_else(|| format!("clink-{cluster_name}"));
     if clientid.is_empty() {
         return Err(Fail::new(o.key("clientid"), "must not be empty"));
     }
@@ -1715,35 +1533,21 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
 fn decode_servers(o: &Obj) -> R<Vec<ServerAddr>> {
     let key = o.key("server");
     let Some(node) = o.get("server") else {
-        return Err(Fail::new(
-            key,
-            "missing required key (\"host:port\", \"h1:p1,h2:p2\" or a list)",
-        ));
+        return Err(Fail::new(key, "missing required key (\"host:port\", \"h1:p1,h2:p2\" or a list)"));
     };
     let servers = match node {
-        Node::Str(s) => s
-            .split(',')
-            .map(|part| parse_server(part).map_err(|p| Fail::new(key.clone(), p)))
-            .collect::<R<Vec<_>>>()?,
+        Node::Str(s) => {
+            s.split(',').map(|part| parse_server(part).map_err(|p| Fail::new(key.clone(), p))).collect::<R<Vec<_>>>()?
+        }
         Node::List(items) => items
             .iter()
             .enumerate()
             .map(|(i, n)| match n {
                 Node::Str(s) => parse_server(s).map_err(|p| Fail::new(index(&key, i), p)),
-                other => Err(Fail::expected(
-                    index(&key, i),
-                    "a \"host:port\" string",
-                    other,
-                )),
+                other => Err(Fail::expected(index(&key, i), "a \"host:port\" string", other)),
             })
             .collect::<R<Vec<_>>>()?,
-        other => {
-            return Err(Fail::expected(
-                key,
-                "\"host:port\", \"h1:p1,h2:p2\" or a list of \"host:port\"",
-                other,
-            ))
-        }
+        other => return Err(Fail::expected(key, "\"host:port\", \"h1:p1,h2:p2\" or a list of \"host:port\"", other)),
     };
     if servers.is_empty() {
         return Err(Fail::new(key, "at least one server address is required"));
@@ -1764,22 +1568,16 @@ fn decode_topics(o: &Obj, warnings: &mut Vec<String>) -> R<Vec<String>> {
             ));
         }
         if f.starts_with("$share/") || f.starts_with("$queue/") {
-            return Err(Fail::new(
-                key,
-                format!("topic filter {f:?}: shared subscriptions cannot be linked"),
-            ));
+            return Err(Fail::new(key, format!("topic filter {f:?}: shared subscriptions cannot be linked")));
         }
     }
     let mut kept = Vec::with_capacity(raw.len());
     for (i, (key, f)) in raw.iter().enumerate() {
-        let coverer = raw
-            .iter()
-            .enumerate()
-            .find(|(j, (_, g))| *j != i && covers(g, f) && (!covers(f, g) || *j < i));
+        let coverer = raw.iter().enumerate().find(|(j, (_, g))| *j != i && covers(g, f) && (!covers(f, g) || *j < i));
         match coverer {
-            Some((_, (gkey, g))) => warnings.push(format!(
-                "{key}: topic filter {f:?} is covered by {g:?} ({gkey}); removed"
-            )),
+            Some((_, (gkey, g))) => {
+                warnings.push(format!("{key}: topic filter {f:?} is covered by {g:?} ({gkey}); removed"))
+            }
             None => kept.push(f.clone()),
         }
     }
@@ -1804,10 +1602,7 @@ fn check_ports(cfg: &Config) -> R<()> {
     }
     for (i, (key, addr)) in binds.iter().enumerate() {
         if let Some((other_key, other)) = binds[..i].iter().find(|(_, b)| clash(*b, *addr)) {
-            return Err(Fail::new(
-                key.clone(),
-                format!("{addr} conflicts with {other_key} ({other})"),
-            ));
+            return Err(Fail::new(key.clone(), format!("{addr} conflicts with {other_key} ({other})")));
         }
     }
     Ok(())
@@ -1832,10 +1627,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1872,10 +1664,7 @@ listeners {
     fn defaults() {
         let c = Config::default();
         assert_eq!(c.listeners.tcp.len(), 1);
-        assert_eq!(
-            c.listeners.tcp["default"].bind,
-            "0.0.0.0:1883".parse().unwrap()
-        );
+        assert_eq!(c.listeners.tcp["default"].bind, "0.0.0.0:1883".parse().unwrap());
         assert!(c.listeners.tcp["default"].enable);
         assert_eq!(c.api.bind, "0.0.0.0:18083".parse().unwrap());
         assert_eq!(c.node.data_dir, PathBuf::from("./data"));
@@ -1902,13 +1691,7 @@ listeners {
         assert_eq!(c.cluster.links.len(), 1);
         let l = &c.cluster.links[0];
         assert_eq!(l.name, "cluster-eu-west");
-        assert_eq!(
-            l.server,
-            vec![ServerAddr {
-                host: "emqx.us-east.myinfra.net".into(),
-                port: 11883
-            }]
-        );
+        assert_eq!(l.server, vec![ServerAddr { host: "emqx.us-east.myinfra.net".into(), port: 11883 }]);
         assert_eq!(l.server[0].to_string(), "emqx.us-east.myinfra.net:11883");
         assert_eq!(l.clientid, "clink-us-east");
         assert_eq!(l.topics, vec!["#"]);
@@ -1918,10 +1701,7 @@ listeners {
         assert!(!l.ssl.enable);
         // The file has listeners.tcp, so only the clink listener exists.
         assert_eq!(c.listeners.tcp.len(), 1);
-        assert_eq!(
-            c.listeners.tcp["clink"].bind,
-            "0.0.0.0:11883".parse().unwrap()
-        );
+        assert_eq!(c.listeners.tcp["clink"].bind, "0.0.0.0:11883".parse().unwrap());
         assert!(c.warnings.is_empty());
     }
 
@@ -1931,10 +1711,7 @@ listeners {
         let c = Config::load(&path, env(&[("DATA", "/var/lib/strait")])).unwrap();
         assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/strait"));
         assert_eq!(c.listeners.tcp.len(), 2);
-        assert_eq!(
-            c.listeners.ssl["default"].certfile,
-            PathBuf::from("/etc/strait/cert.pem")
-        );
+        assert_eq!(c.listeners.ssl["default"].certfile, PathBuf::from("/etc/strait/cert.pem"));
         assert!(c.listeners.ssl["default"].verify_peer);
         assert_eq!(c.mqtt.max_packet_size, 256 * 1024);
         assert_eq!(c.mqtt.session_expiry_interval, Duration::from_secs(3600));
@@ -1949,15 +1726,10 @@ listeners {
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"******\""), "{json}");
         assert!(!json.contains("s3cret"), "{json}");
-        assert!(
-            json.contains("\"session_expiry_interval\":\"1h\""),
-            "{json}"
-        );
+        assert!(json.contains("\"session_expiry_interval\":\"1h\""), "{json}");
 
         let missing = Config::load(Path::new("/nonexistent/strait.conf"), no_env()).unwrap_err();
-        assert!(missing
-            .to_string()
-            .starts_with("/nonexistent/strait.conf: cannot read"));
+        assert!(missing.to_string().starts_with("/nonexistent/strait.conf: cannot read"));
     }
 
     #[test]
@@ -1974,22 +1746,14 @@ listeners {
         assert_eq!(c.listeners.tcp["c"].bind, "[::1]:1885".parse().unwrap());
         assert_eq!(c.api.bind, "127.0.0.1:8080".parse().unwrap());
         let e = err(r#"listeners.tcp.a.bind = "nowhere""#);
-        assert!(
-            e.starts_with("test.conf: listeners.tcp.a.bind: expected a port"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: listeners.tcp.a.bind: expected a port"), "{e}");
         let e = err("listeners.tcp.a.enable = true");
-        assert_eq!(
-            e,
-            "test.conf: listeners.tcp.a.bind: missing required key (a port or \"ip:port\")"
-        );
+        assert_eq!(e, "test.conf: listeners.tcp.a.bind: missing required key (a port or \"ip:port\")");
     }
 
     #[test]
     fn servers() {
-        let base = |server: &str| {
-            format!(r#"cluster.links = [{{ name = "b", server = {server}, topics = ["a/#"] }}]"#)
-        };
+        let base = |server: &str| format!(r#"cluster.links = [{{ name = "b", server = {server}, topics = ["a/#"] }}]"#);
         let c = parse(&base(r#""h1:1,h2:2""#)).unwrap();
         assert_eq!(c.cluster.links[0].server.len(), 2);
         assert_eq!(c.cluster.links[0].server[1].to_string(), "h2:2");
@@ -2000,21 +1764,13 @@ listeners {
 
         let e = err(&base(r#""h1""#));
         assert!(
-            e.starts_with(
-                "test.conf: cluster.links[0].server: invalid server address \"h1\": missing port"
-            ),
+            e.starts_with("test.conf: cluster.links[0].server: invalid server address \"h1\": missing port"),
             "{e}"
         );
         let e = err(&base(r#"["h1:1", "h2:x"]"#));
-        assert!(
-            e.starts_with("test.conf: cluster.links[0].server[1]: invalid server address"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: cluster.links[0].server[1]: invalid server address"), "{e}");
         let e = err(r#"cluster.links = [{ name = "b" }]"#);
-        assert!(
-            e.starts_with("test.conf: cluster.links[0].server: missing required key"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: cluster.links[0].server: missing required key"), "{e}");
     }
 
     #[test]
@@ -2035,148 +1791,71 @@ listeners {
         assert_eq!(c.mqtt.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.mqtt.max_packet_size, 1_048_576);
         assert_eq!(
-            parse("mqtt.session_expiry_interval = 2h")
-                .unwrap()
-                .mqtt
-                .session_expiry_interval,
+            parse("mqtt.session_expiry_interval = 2h").unwrap().mqtt.session_expiry_interval,
             Duration::from_secs(7200)
         );
-        assert_eq!(
-            parse("mqtt.max_packet_size = \"256KB\"")
-                .unwrap()
-                .mqtt
-                .max_packet_size,
-            262_144
-        );
-        assert_eq!(
-            parse("mqtt.max_packet_size = 1000")
-                .unwrap()
-                .mqtt
-                .max_packet_size,
-            1000
-        );
+        assert_eq!(parse("mqtt.max_packet_size = \"256KB\"").unwrap().mqtt.max_packet_size, 262_144);
+        assert_eq!(parse("mqtt.max_packet_size = 1000").unwrap().mqtt.max_packet_size, 1000);
         let e = err("mqtt.max_packet_size = 1GB");
-        assert!(
-            e.starts_with("test.conf: mqtt.max_packet_size: expected a size 2..=268435455"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: mqtt.max_packet_size: expected a size 2..=268435455"), "{e}");
         let e = err("mqtt.retry_interval = soon");
-        assert!(
-            e.starts_with("test.conf: mqtt.retry_interval: expected a duration"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: mqtt.retry_interval: expected a duration"), "{e}");
         let e = err("mqtt.retry_interval = 0s");
+        assert_eq!(e, "test.conf: mqtt.retry_interval: must be greater than zero");
+        assert_eq!(parse("mqtt.server_keepalive = disabled").unwrap().mqtt.server_keepalive, None);
         assert_eq!(
-            e,
-            "test.conf: mqtt.retry_interval: must be greater than zero"
-        );
-        assert_eq!(
-            parse("mqtt.server_keepalive = disabled")
-                .unwrap()
-                .mqtt
-                .server_keepalive,
-            None
-        );
-        assert_eq!(
-            parse("listeners.tcp.default.max_connections = infinity")
-                .unwrap()
-                .listeners
-                .tcp["default"]
-                .max_connections,
+            parse("listeners.tcp.default.max_connections = infinity").unwrap().listeners.tcp["default"].max_connections,
             usize::MAX
         );
-        assert_eq!(
-            parse("mqtt.max_subscriptions = infinity")
-                .unwrap()
-                .mqtt
-                .max_subscriptions,
-            None
-        );
+        assert_eq!(parse("mqtt.max_subscriptions = infinity").unwrap().mqtt.max_subscriptions, None);
     }
 
     #[test]
     fn unknown_keys_and_types() {
         let e = err("mqtt.max_packet_sise = 10");
         assert!(
-            e.starts_with(
-                "test.conf: mqtt.max_packet_sise: unknown key (expected one of: max_packet_size, "
-            ),
+            e.starts_with("test.conf: mqtt.max_packet_sise: unknown key (expected one of: max_packet_size, "),
             "{e}"
         );
         let e = err("mqtt { max_inflight = abc }");
-        assert_eq!(
-            e,
-            "test.conf: mqtt.max_inflight: expected an integer 1..=65535, found \"abc\""
-        );
+        assert_eq!(e, "test.conf: mqtt.max_inflight: expected an integer 1..=65535, found \"abc\"");
         let e = err("mqtt.max_inflight = 0");
-        assert_eq!(
-            e,
-            "test.conf: mqtt.max_inflight: expected an integer 1..=65535, found 0"
-        );
+        assert_eq!(e, "test.conf: mqtt.max_inflight: expected an integer 1..=65535, found 0");
         let e = err("bogus = 1");
-        assert!(
-            e.starts_with("test.conf: bogus: unknown key (expected one of: node, listeners"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: bogus: unknown key (expected one of: node, listeners"), "{e}");
         let e = err(r#"cluster.links = [{ name = "b", server = "h:1", extra = 1 }]"#);
-        assert!(
-            e.starts_with("test.conf: cluster.links[0].extra: unknown key"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: cluster.links[0].extra: unknown key"), "{e}");
         let e = err("listeners.tcp.default.bindd = 1");
-        assert!(
-            e.starts_with("test.conf: listeners.tcp.default.bindd: unknown key"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: listeners.tcp.default.bindd: unknown key"), "{e}");
         let e = err("mqtt.retain_available = maybe");
-        assert_eq!(
-            e,
-            "test.conf: mqtt.retain_available: expected a boolean, found \"maybe\""
-        );
+        assert_eq!(e, "test.conf: mqtt.retain_available: expected a boolean, found \"maybe\"");
         let e = err("mqtt = 5");
         assert_eq!(e, "test.conf: mqtt: expected an object, found 5");
         let e = err("authorization.no_match = perhaps");
-        assert!(
-            e.starts_with("test.conf: authorization.no_match: expected allow or deny"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: authorization.no_match: expected allow or deny"), "{e}");
     }
 
     #[test]
     fn link_validation() {
         let link = |body: &str| format!("cluster {{ name = \"us\"\n links = [{body}] }}");
         let e = err(&link(r#"{ name = "us", server = "h:1" }"#));
+        assert!(e.starts_with("test.conf: cluster.links[0].name: link name \"us\" equals cluster.name"), "{e}");
+        let e = err(&link(r#"{ name = "eu", server = "h:1" }, { name = "eu", server = "h:2" }"#));
+        assert_eq!(e, "test.conf: cluster.links[1].name: duplicate link name \"eu\" (also cluster.links[0].name)");
+        let e = err(&link(r#"{ name = "eu", server = "h:1", topics = ["a/#/b"] }"#));
+        assert_eq!(e, "test.conf: cluster.links[0].topics[0]: invalid topic filter \"a/#/b\"");
+        let e = err(&link(r#"{ name = "eu", server = "h:1", topics = ["ok", "$LINK/x"] }"#));
         assert!(
-            e.starts_with("test.conf: cluster.links[0].name: link name \"us\" equals cluster.name"),
+            e.starts_with("test.conf: cluster.links[0].topics[1]: topic filter \"$LINK/x\": $LINK/ is reserved"),
             "{e}"
         );
-        let e = err(&link(
-            r#"{ name = "eu", server = "h:1" }, { name = "eu", server = "h:2" }"#,
-        ));
-        assert_eq!(e, "test.conf: cluster.links[1].name: duplicate link name \"eu\" (also cluster.links[0].name)");
-        let e = err(&link(
-            r#"{ name = "eu", server = "h:1", topics = ["a/#/b"] }"#,
-        ));
-        assert_eq!(
-            e,
-            "test.conf: cluster.links[0].topics[0]: invalid topic filter \"a/#/b\""
-        );
-        let e = err(&link(
-            r#"{ name = "eu", server = "h:1", topics = ["ok", "$LINK/x"] }"#,
-        ));
-        assert!(e.starts_with("test.conf: cluster.links[0].topics[1]: topic filter \"$LINK/x\": $LINK/ is reserved"), "{e}");
         let e = err(&link(r#"{ name = "eu", server = "h:1", clientid = "" }"#));
         assert_eq!(e, "test.conf: cluster.links[0].clientid: must not be empty");
         let e = err(&link(r#"{ name = "e/u", server = "h:1" }"#));
-        assert!(
-            e.starts_with("test.conf: cluster.links[0].name: invalid name"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: cluster.links[0].name: invalid name"), "{e}");
 
-        let c = parse(&link(
-            r#"{ name = "eu", server = "h:1", topics = ["a/b", "a/#", "c/+", "c/d/e", "c/+"] }"#,
-        ))
-        .unwrap();
+        let c =
+            parse(&link(r#"{ name = "eu", server = "h:1", topics = ["a/b", "a/#", "c/+", "c/d/e", "c/+"] }"#)).unwrap();
         assert_eq!(c.cluster.links[0].topics, vec!["a/#", "c/+", "c/d/e"]);
         assert_eq!(c.cluster.links[0].clientid, "clink-us");
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
@@ -2184,47 +1863,25 @@ listeners {
             c.warnings[0],
             "cluster.links[0].topics[0]: topic filter \"a/b\" is covered by \"a/#\" (cluster.links[0].topics[1]); removed"
         );
-        assert!(
-            c.warnings[1].starts_with("cluster.links[0].topics[4]: "),
-            "{:?}",
-            c.warnings
-        );
+        assert!(c.warnings[1].starts_with("cluster.links[0].topics[4]: "), "{:?}", c.warnings);
     }
 
     #[test]
     fn port_conflicts() {
-        let e =
-            err("listeners.tcp.default.bind = 1883\nlisteners.tcp.other.bind = \"127.0.0.1:1883\"");
+        let e = err("listeners.tcp.default.bind = 1883\nlisteners.tcp.other.bind = \"127.0.0.1:1883\"");
         assert_eq!(e, "test.conf: listeners.tcp.other.bind: 127.0.0.1:1883 conflicts with listeners.tcp.default.bind (0.0.0.0:1883)");
         let e = err("api.bind = 1883");
-        assert!(
-            e.starts_with(
-                "test.conf: api.bind: 0.0.0.0:1883 conflicts with listeners.tcp.default.bind"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: api.bind: 0.0.0.0:1883 conflicts with listeners.tcp.default.bind"), "{e}");
         let e = err("listeners.ssl.s { bind = 1883, certfile = c, keyfile = k }");
         assert!(e.starts_with("test.conf: listeners.ssl.s.bind: "), "{e}");
         // disabled listeners, different addresses and port 0 do not clash
-        parse(
-            "listeners.tcp.a.bind = \"127.0.0.1:1883\"\nlisteners.tcp.b.bind = \"127.0.0.2:1883\"",
-        )
-        .unwrap();
+        parse("listeners.tcp.a.bind = \"127.0.0.1:1883\"\nlisteners.tcp.b.bind = \"127.0.0.2:1883\"").unwrap();
         parse("listeners.tcp.a.bind = 0\nlisteners.tcp.b.bind = 0\napi.bind = 0").unwrap();
-        parse("listeners.tcp.default.bind = 1883\nlisteners.tcp.b { bind = 1883, enable = false }")
-            .unwrap();
+        parse("listeners.tcp.default.bind = 1883\nlisteners.tcp.b { bind = 1883, enable = false }").unwrap();
         let e = err("listeners.ssl.s { certfile = c, keyfile = k, verify = verify_peer }");
-        assert!(
-            e.starts_with(
-                "test.conf: listeners.ssl.s.cacertfile: required with verify = verify_peer"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("test.conf: listeners.ssl.s.cacertfile: required with verify = verify_peer"), "{e}");
         let e = err("listeners.ssl.s.bind = 8884");
-        assert_eq!(
-            e,
-            "test.conf: listeners.ssl.s.certfile: missing required key for an enabled SSL listener"
-        );
+        assert_eq!(e, "test.conf: listeners.ssl.s.certfile: missing required key for an enabled SSL listener");
     }
 
     #[test]
@@ -2233,19 +1890,13 @@ listeners {
             ("STRAIT_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:2883"),
             ("STRAIT_MQTT__MAX_INFLIGHT", "64"),
             ("STRAIT_CLUSTER__NAME", "us"),
-            (
-                "STRAIT_CLUSTER__LINKS",
-                r##"[{name = "eu", server = "eu.example:11883", topics = ["#"]}]"##,
-            ),
+            ("STRAIT_CLUSTER__LINKS", r##"[{name = "eu", server = "eu.example:11883", topics = ["#"]}]"##),
             ("STRAIT_CLUSTER__LINKS__0__PASSWORD", "p#ss word"),
             ("STRAIT_CONFIG", "/etc/strait.conf"), // not an override: no `__`
             ("PATH", "/usr/bin"),
         ]))
         .unwrap();
-        assert_eq!(
-            c.listeners.tcp["default"].bind,
-            "127.0.0.1:2883".parse().unwrap()
-        );
+        assert_eq!(c.listeners.tcp["default"].bind, "127.0.0.1:2883".parse().unwrap());
         assert_eq!(c.mqtt.max_inflight, 64);
         assert_eq!(c.cluster.links[0].name, "eu");
         assert_eq!(c.cluster.links[0].topics, vec!["#"]);
@@ -2271,31 +1922,25 @@ listeners {
 
         let e = Config::from_env(env(&[("STRAIT_MQTT__NOPE", "1")])).unwrap_err();
         assert!(
-            e.to_string().starts_with(
-                "$STRAIT_MQTT__NOPE: mqtt.nope: unknown key (expected one of: max_packet_size"
-            ),
+            e.to_string().starts_with("$STRAIT_MQTT__NOPE: mqtt.nope: unknown key (expected one of: max_packet_size"),
             "{e}"
         );
         let e = Config::from_env(env(&[("STRAIT_MQTT__MAX_INFLIGHT", "abc")])).unwrap_err();
-        assert_eq!(e.to_string(), "$STRAIT_MQTT__MAX_INFLIGHT: mqtt.max_inflight: expected an integer 1..=65535, found \"abc\"");
+        assert_eq!(
+            e.to_string(),
+            "$STRAIT_MQTT__MAX_INFLIGHT: mqtt.max_inflight: expected an integer 1..=65535, found \"abc\""
+        );
         let e = Config::from_env(env(&[("STRAIT_CLUSTER__LINKS__X__NAME", "a")])).unwrap_err();
         assert!(
-            e.to_string().starts_with(
-                "$STRAIT_CLUSTER__LINKS__X__NAME: cluster.links.x: expected a list index"
-            ),
+            e.to_string().starts_with("$STRAIT_CLUSTER__LINKS__X__NAME: cluster.links.x: expected a list index"),
             "{e}"
         );
-        let e =
-            Config::from_env(env(&[("STRAIT_CLUSTER__LINKS__0__SSL__BOGUS", "1")])).unwrap_err();
+        let e = Config::from_env(env(&[("STRAIT_CLUSTER__LINKS__0__SSL__BOGUS", "1")])).unwrap_err();
         assert!(e.to_string().starts_with("$STRAIT_CLUSTER__LINKS__0__SSL__BOGUS: cluster.links[0].ssl.bogus: unknown key (expected one of: enable, cacertfile"), "{e}");
         let e = Config::from_env(env(&[("STRAIT_CLUSTER__LINKS__3__NAME", "a")])).unwrap_err();
         assert!(e.to_string().contains("past the end"), "{e}");
         let e = Config::from_env(env(&[("STRAIT_MQTT__MAX_INFLIGHT__X", "1")])).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("$STRAIT_MQTT__MAX_INFLIGHT__X: mqtt.max_inflight: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("$STRAIT_MQTT__MAX_INFLIGHT__X: mqtt.max_inflight: "), "{e}");
     }
 
     #[test]
@@ -2306,14 +1951,8 @@ listeners {
             let s = e.to_string();
             let mut parts = s.splitn(4, ':');
             assert_eq!(parts.next(), Some("test.conf"), "{s}");
-            assert!(
-                parts.next().is_some_and(|l| l.parse::<usize>().is_ok()),
-                "{s}"
-            );
-            assert!(
-                parts.next().is_some_and(|c| c.parse::<usize>().is_ok()),
-                "{s}"
-            );
+            assert!(parts.next().is_some_and(|l| l.parse::<usize>().is_ok()), "{s}");
+            assert!(parts.next().is_some_and(|c| c.parse::<usize>().is_ok()), "{s}");
         }
         let e = parse("a = ${missing}").unwrap_err().to_string();
         assert!(e.starts_with("test.conf:1:"), "{e}");

@@ -2,12 +2,12 @@
 //!
 //! `node.rs` assembles one node from its parts; `main.rs` is the CLI around it.
 
+pub mod api;
 pub mod auth;
-pub mod config;
 pub mod broker;
+pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod mqtt;
-pub mod storage;
-pub mod api;
-pub mod listener;
 pub mod node;
+pub mod storage;

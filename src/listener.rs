@@ -33,14 +33,19 @@ pub struct Bound {
 }
 
 pub async fn bind(name: &str, addr: SocketAddr, max_connections: usize) -> Result<Bound, ListenerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ListenerError::Bind { name: name.to_string(), addr, source })?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|source| ListenerError::Bind { name: name.to_string(), addr, source })?;
     Ok(Bound { name: name.to_string(), listener, tls: None, max_connections })
 }
 
 pub fn tls_acceptor(name: &str, cfg: &SslListenerConfig) -> Result<TlsAcceptor, ListenerError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |path: &Path, problem: String| ListenerError::Tls { name: name.to_string(), path: path.display().to_string(), problem };
+    let err = |path: &Path, problem: String| ListenerError::Tls {
+        name: name.to_string(),
+        path: path.display().to_string(),
+        problem,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.certfile)
         .map_err(|e| err(&cfg.certfile, e.to_string()))?
         .collect::<Result<_, _>>()

@@ -155,11 +155,8 @@ fn passwd(file: PathBuf, username: String, password: Option<String>) -> ExitCode
         return ExitCode::from(2);
     }
     let existing = std::fs::read_to_string(&file).unwrap_or_default();
-    let mut lines: Vec<String> = existing
-        .lines()
-        .filter(|l| l.split(':').next() != Some(username.as_str()))
-        .map(str::to_string)
-        .collect();
+    let mut lines: Vec<String> =
+        existing.lines().filter(|l| l.split(':').next() != Some(username.as_str())).map(str::to_string).collect();
     lines.push(format!("{username}:{}", strait::auth::hash_password(&password)));
     match std::fs::write(&file, lines.join("\n") + "\n") {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,7 +43,13 @@ impl Metrics {
         let li = |a: &AtomicI64| a.load(Ordering::Relaxed);
         g(&mut s, "strait_connections", "Open MQTT connections", "gauge", li(&self.connections));
         g(&mut s, "strait_connections_total", "MQTT connections accepted", "counter", ld(&self.connections_total));
-        g(&mut s, "strait_connections_refused_total", "Connections refused (CONNACK failure or limit)", "counter", ld(&self.connections_refused));
+        g(
+            &mut s,
+            "strait_connections_refused_total",
+            "Connections refused (CONNACK failure or limit)",
+            "counter",
+            ld(&self.connections_refused),
+        );
         g(&mut s, "strait_sessions", "Sessions (connected and persistent)", "gauge", li(&self.sessions));
         g(&mut s, "strait_subscriptions", "Subscriptions", "gauge", li(&self.subscriptions));
         g(&mut s, "strait_retained_messages", "Retained messages", "gauge", li(&self.retained));
@@ -56,20 +62,68 @@ impl Metrics {
                 let _ = writeln!(s, "{name}{{qos=\"{q}\"}} {}", c.load(Ordering::Relaxed));
             }
         }
-        g(&mut s, "strait_messages_dropped_total", "Messages dropped by the slow-consumer policy", "counter", ld(&self.messages_dropped));
-        g(&mut s, "strait_messages_qos0_evicted_total", "Queued QoS 0 messages evicted for QoS>=1", "counter", ld(&self.messages_dropped_qos0_evicted));
+        g(
+            &mut s,
+            "strait_messages_dropped_total",
+            "Messages dropped by the slow-consumer policy",
+            "counter",
+            ld(&self.messages_dropped),
+        );
+        g(
+            &mut s,
+            "strait_messages_qos0_evicted_total",
+            "Queued QoS 0 messages evicted for QoS>=1",
+            "counter",
+            ld(&self.messages_dropped_qos0_evicted),
+        );
         g(&mut s, "strait_messages_expired_total", "Messages dropped on expiry", "counter", ld(&self.messages_expired));
-        g(&mut s, "strait_messages_no_subscribers_total", "Messages published with no matching subscriber", "counter", ld(&self.messages_no_subscribers));
-        g(&mut s, "strait_messages_denied_total", "PUBLISH denied by authorization", "counter", ld(&self.messages_denied));
+        g(
+            &mut s,
+            "strait_messages_no_subscribers_total",
+            "Messages published with no matching subscriber",
+            "counter",
+            ld(&self.messages_no_subscribers),
+        );
+        g(
+            &mut s,
+            "strait_messages_denied_total",
+            "PUBLISH denied by authorization",
+            "counter",
+            ld(&self.messages_denied),
+        );
         g(&mut s, "strait_bytes_received_total", "Bytes read from MQTT clients", "counter", ld(&self.bytes_in));
         g(&mut s, "strait_bytes_sent_total", "Bytes written to MQTT clients", "counter", ld(&self.bytes_out));
-        g(&mut s, "strait_malformed_packets_total", "Connections closed for malformed packets", "counter", ld(&self.malformed_packets));
-        g(&mut s, "strait_protocol_errors_total", "Connections closed for protocol errors", "counter", ld(&self.protocol_errors));
+        g(
+            &mut s,
+            "strait_malformed_packets_total",
+            "Connections closed for malformed packets",
+            "counter",
+            ld(&self.malformed_packets),
+        );
+        g(
+            &mut s,
+            "strait_protocol_errors_total",
+            "Connections closed for protocol errors",
+            "counter",
+            ld(&self.protocol_errors),
+        );
         g(&mut s, "strait_auth_failures_total", "Failed authentications", "counter", ld(&self.auth_failures));
-        g(&mut s, "strait_keepalive_timeouts_total", "Connections closed on keep-alive timeout", "counter", ld(&self.keepalive_timeouts));
+        g(
+            &mut s,
+            "strait_keepalive_timeouts_total",
+            "Connections closed on keep-alive timeout",
+            "counter",
+            ld(&self.keepalive_timeouts),
+        );
         g(&mut s, "strait_wills_published_total", "Will messages published", "counter", ld(&self.wills_published));
         g(&mut s, "strait_queued_messages", "Messages waiting in session queues", "gauge", queued as i64);
-        g(&mut s, "strait_inflight_messages", "QoS>=1 messages sent and not yet acknowledged", "gauge", inflight as i64);
+        g(
+            &mut s,
+            "strait_inflight_messages",
+            "QoS>=1 messages sent and not yet acknowledged",
+            "gauge",
+            inflight as i64,
+        );
         s
     }
 }

@@ -41,8 +41,9 @@ impl Node {
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
-            StorageError::Open { path: cfg.node.data_dir.display().to_string(), source: sled::Error::Io(e) }
+        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| StorageError::Open {
+            path: cfg.node.data_dir.display().to_string(),
+            source: sled::Error::Io(e),
         })?;
         let storage = Storage::open(&cfg.node.data_dir)?;
         let broker = Broker::new(&cfg, Some(storage), shutdown.clone())?;

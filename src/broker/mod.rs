@@ -62,7 +62,11 @@ pub enum BrokerError {
 
 impl Broker {
     /// Build the broker, loading persisted sessions and retained messages when `storage` is given.
-    pub fn new(cfg: &Config, storage: Option<Storage>, shutdown: CancellationToken) -> Result<Arc<Broker>, BrokerError> {
+    pub fn new(
+        cfg: &Config,
+        storage: Option<Storage>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Broker>, BrokerError> {
         let passwords = match &cfg.authentication.password_file {
             Some(p) => Some(PasswordFile::load(p)?),
             None => None,
@@ -118,7 +122,11 @@ impl Broker {
             sessions.insert(session.client_id.clone(), session);
         }
         self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
-        tracing::info!(sessions = sessions.len(), retained = self.metrics.retained.load(Ordering::Relaxed), "storage.loaded");
+        tracing::info!(
+            sessions = sessions.len(),
+            retained = self.metrics.retained.load(Ordering::Relaxed),
+            "storage.loaded"
+        );
         Ok(())
     }
 

@@ -35,7 +35,9 @@ const HIGH_WATER: usize = 64 * 1024;
 /// Why the packet loop ended.
 enum Close {
     /// Client sent DISCONNECT; `keep_will` for v5 reason 0x04.
-    Normal { keep_will: bool },
+    Normal {
+        keep_will: bool,
+    },
     /// Network closed or failed without DISCONNECT.
     Abnormal,
     /// We end the connection with this reason (DISCONNECT sent to v5 clients).
@@ -53,7 +55,14 @@ where
     async move {
         broker.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         inc(&broker.metrics.connections_total);
-        let mut conn = Conn { rd, wr, inbuf: BytesMut::with_capacity(8 * 1024), outbuf: BytesMut::with_capacity(8 * 1024), peer, broker: broker.clone() };
+        let mut conn = Conn {
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(8 * 1024),
+            outbuf: BytesMut::with_capacity(8 * 1024),
+            peer,
+            broker: broker.clone(),
+        };
         conn.run().await;
         broker.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -414,15 +423,27 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 let codes = u
                     .filters
                     .iter()
-                    .map(|f| if self.broker.unsubscribe(&live.session, f) { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+                    .map(|f| {
+                        if self.broker.unsubscribe(&live.session, f) {
+                            reason::SUCCESS
+                        } else {
+                            reason::NO_SUBSCRIPTION_EXISTED
+                        }
+                    })
                     .collect();
-                self.send(live, Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, codes, properties: Properties::default() }));
+                self.send(
+                    live,
+                    Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, codes, properties: Properties::default() }),
+                );
             }
             Packet::PingReq => self.send(live, Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(exp) = d.properties.session_expiry_interval {
                     if live.connect_expiry == 0 && exp != 0 {
-                        return Some(Close::Server(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 on CONNECT"));
+                        return Some(Close::Server(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry set on DISCONNECT after 0 on CONNECT",
+                        ));
                     }
                     let max = self.broker.mqtt.session_expiry_interval.as_secs().min(u64::from(u32::MAX)) as u32;
                     live.session.lock().expiry_interval = exp.min(max);
@@ -430,7 +451,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 return Some(Close::Normal { keep_will: d.code == reason::DISCONNECT_WITH_WILL });
             }
             Packet::Connect(_) => return Some(Close::Server(reason::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(_) => return Some(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Auth(_) => {
+                return Some(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method"))
+            }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 return Some(Close::Server(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"));
             }
@@ -473,7 +496,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 return None;
             }
             if st.awaiting_rel.len() >= usize::from(cfg.max_inflight).max(cfg.max_awaiting_rel) {
-                return Some(Close::Server(reason::RECEIVE_MAXIMUM_EXCEEDED, "too many QoS 2 messages awaiting PUBREL"));
+                return Some(Close::Server(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "too many QoS 2 messages awaiting PUBREL",
+                ));
             }
         }
         let mut code = reason::SUCCESS;
@@ -541,7 +567,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 let granted = granted_qos(f.options.qos, cfg.max_qos_allowed);
                 let opts = SubOptions { qos: granted, ..f.options };
                 let new = self.broker.subscribe(&live.session, &f.filter, opts, sub_id);
-                let send_retained = shared.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new));
+                let send_retained =
+                    shared.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new));
                 if send_retained {
                     for m in self.broker.retained_matching(inner) {
                         let qos = m.qos.min(granted);
