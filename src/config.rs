@@ -1703,6 +1703,11 @@ listeners {
         assert_eq!(c.listeners.tcp.len(), 1);
         assert_eq!(c.listeners.tcp["clink"].bind, "0.0.0.0:11883".parse().unwrap());
         assert!(c.warnings.is_empty());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/emqx_link.conf");
+        assert_eq!(Config::load(&path, no_env()).unwrap(), c);
+        // seeds: a list or a comma-separated string (here from the environment)
+        let c = Config::load(&path, env(&[("STRAIT_CLUSTER__STATIC__SEEDS", "s@a, s@b")])).unwrap();
+        assert_eq!(c.cluster.seeds, vec!["s@a", "s@b"]);
     }
 
     #[test]
