@@ -706,9 +706,7 @@ fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
             (0x82, 2 + pl(&s.properties) + s.filters.iter().map(|f| 3 + f.filter.len()).sum::<usize>())
         }
         Packet::SubAck(s) => (0x90, 2 + pl(&s.properties) + s.codes.len()),
-        Packet::Unsubscribe(u) => {
-            (0xA2, 2 + pl(&u.properties) + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>())
-        }
+        Packet::Unsubscribe(u) => (0xA2, 2 + pl(&u.properties) + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()),
         Packet::UnsubAck(u) => (0xB0, 2 + if v5 { props_block_len(&u.properties) + u.codes.len() } else { 0 }),
         Packet::PingReq => (0xC0, 0),
         Packet::PingResp => (0xD0, 0),
@@ -724,7 +722,11 @@ fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
             if !v5 {
                 return None;
             }
-            let n = if a.code == 0 && a.properties == Properties::default() { 0 } else { 1 + props_block_len(&a.properties) };
+            let n = if a.code == 0 && a.properties == Properties::default() {
+                0
+            } else {
+                1 + props_block_len(&a.properties)
+            };
             (0xF0, n)
         }
     })
@@ -822,7 +824,8 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
                 let o = &f.options;
                 let mut b = o.qos.as_u8();
                 if v5 {
-                    b |= u8::from(o.no_local) << 2 | u8::from(o.retain_as_published) << 3 | (o.retain_handling & 3) << 4;
+                    b |=
+                        u8::from(o.no_local) << 2 | u8::from(o.retain_as_published) << 3 | (o.retain_handling & 3) << 4;
                 }
                 out.put_u8(b);
             }
