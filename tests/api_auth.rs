@@ -1,0 +1,77 @@
+//! HTTP API, Prometheus metrics, `strait passwd` files and ACL rules.
+
+mod harness;
+
+use harness::*;
+use strait::mqtt::packet::*;
+
+#[tokio::test]
+async fn api_endpoints_and_kick() {
+    let n = start("").await;
+    let (mut c, _) = Raw::connect(n.mqtt, Protocol::V5, "api-client").await;
+    c.subscribe("api/#", QoS::AtLeastOnce).await;
+    c.publish(publish("api/1", QoS::AtLeastOnce, b"x", 1)).await;
+    let (code, body) = http(n.api, "GET", "/api/v5/status").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"status\":\"running\""), "{body}");
+    let (code, body) = http(n.api, "GET", "/api/v5/clients").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"clientid\":\"api-client\"") && body.contains("\"connected\":true"), "{body}");
+    let (_, body) = http(n.api, "GET", "/api/v5/subscriptions").await;
+    assert!(body.contains("\"topic\":\"api/#\""), "{body}");
+    let (code, body) = http(n.api, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("strait_connections 1"), "{body}");
+    assert!(body.contains("strait_messages_received_total{qos=\"1\"} 1"), "{body}");
+    assert!(body.contains("strait_subscriptions 1"), "{body}");
+    assert_eq!(http(n.api, "DELETE", "/api/v5/clients/nobody").await.0, 404);
+    assert_eq!(http(n.api, "DELETE", "/api/v5/clients/api-client").await.0, 204);
+    assert_eq!(c.expect_close().await, Some(reason::ADMINISTRATIVE_ACTION));
+    assert_eq!(http(n.api, "GET", "/api/v5/nope").await.0, 404);
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn passwords_and_acl() {
+    let dir = tempdir("acl");
+    let pw = dir.join("passwd");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("passwd")
+        .arg(&pw)
+        .args(["bob", "--password", "hunter2"])
+        .output()
+        .expect("strait passwd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "allow user:bob publish sensors/%u/#\nallow user:bob subscribe sensors/#\ndeny all subscribe secret/#\ndeny all all #\n",
+    )
+    .expect("write acl");
+    let n = start_in(
+        &dir,
+        &format!(
+            "authentication {{ allow_anonymous = false, password_file = \"{}\" }}\nauthorization {{ acl_file = \"{}\", no_match = deny }}",
+            pw.display(),
+            acl.display()
+        ),
+    )
+    .await;
+    let mut good = connect_packet(Protocol::V5, "b1");
+    good.username = Some("bob".into());
+    good.password = Some(bytes::Bytes::from_static(b"hunter2"));
+    let mut bad = good.clone();
+    bad.password = Some(bytes::Bytes::from_static(b"nope"));
+    assert_eq!(Raw::connect_with(n.mqtt, bad).await.1.code, reason::BAD_USER_NAME_OR_PASSWORD);
+    let anon = connect_packet(Protocol::V311, "anon");
+    assert_eq!(Raw::connect_with(n.mqtt, anon).await.1.code, 5, "3.1.1 not authorized");
+    let (mut c, ack) = Raw::connect_with(n.mqtt, good).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(c.subscribe("sensors/#", QoS::AtLeastOnce).await, vec![1]);
+    assert_eq!(c.subscribe("secret/x", QoS::AtLeastOnce).await, vec![reason::NOT_AUTHORIZED]);
+    assert_eq!(c.publish(publish("sensors/bob/t", QoS::AtLeastOnce, b"1", 1)).await, 0);
+    assert_eq!(c.publish_in().await.topic, "sensors/bob/t");
+    assert_eq!(c.publish(publish("sensors/eve/t", QoS::AtLeastOnce, b"2", 2)).await, reason::NOT_AUTHORIZED);
+    c.no_publish(std::time::Duration::from_millis(300), "a denied publish is not delivered").await;
+    n.stop().await;
+}
