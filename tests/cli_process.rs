@@ -51,11 +51,23 @@ listeners {
     let (code, err) = check("a = [1, 2\n");
     assert_eq!(code, 2);
     assert!(err.starts_with("FILE:"), "a syntax error names the file and position: {err}");
-    for example in ["config/single.hocon"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
-        let out = Command::new(BIN).arg("check-config").arg(&path).output().expect("run strait");
-        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+    // Every shipped example config must pass.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut found = 0;
+    let mut stack = vec![examples];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read config/") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "hocon") {
+                found += 1;
+                let out = Command::new(BIN).arg("check-config").arg(&path).output().expect("run strait");
+                assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            }
+        }
     }
+    assert!(found > 0, "no example configs found in config/");
 }
 
 /// Start `strait run` with a config binding port 0; returns the child and its MQTT address.

@@ -7,12 +7,11 @@ use std::time::Duration;
 use harness::*;
 use tokio::sync::mpsc;
 
+type V4Rx = mpsc::UnboundedReceiver<(String, Vec<u8>, u8, bool)>;
+type V5Rx = mpsc::UnboundedReceiver<(String, Vec<u8>, u8)>;
+
 /// A v4 client whose incoming PUBLISHes (topic, payload, qos, retain) arrive on a channel.
-fn v4(
-    n: &TestNode,
-    id: &str,
-    clean: bool,
-) -> (rumqttc::AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>, u8, bool)>) {
+fn v4(n: &TestNode, id: &str, clean: bool) -> (rumqttc::AsyncClient, V4Rx) {
     let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", n.mqtt.port());
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_session(clean);
@@ -32,11 +31,7 @@ fn v4(
     (client, rx)
 }
 
-fn v5(
-    n: &TestNode,
-    id: &str,
-    expiry: Option<u32>,
-) -> (rumqttc::v5::AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>, u8)>) {
+fn v5(n: &TestNode, id: &str, expiry: Option<u32>) -> (rumqttc::v5::AsyncClient, V5Rx) {
     let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", n.mqtt.port());
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_start(expiry.is_none());
