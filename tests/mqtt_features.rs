@@ -429,3 +429,36 @@ async fn shutdown_sends_server_shutting_down() {
     assert_eq!(c.expect_close().await, Some(reason::SERVER_SHUTTING_DOWN));
     stop.await.expect("shutdown completes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_publisher_is_slowed_not_dropped_for_a_connected_subscriber() {
+    let n = start("mqtt { max_mqueue_len = 100 }").await;
+    let (mut s, _) = Raw::connect(n.mqtt, V3, "reader").await;
+    s.subscribe("fc/t", QoS::AtLeastOnce).await;
+    let (mut p, _) = Raw::connect(n.mqtt, V3, "flood").await;
+    let total = 3000u16;
+    // Pipeline every PUBLISH at once: without flow control the 100-message queue overflows.
+    let mut all = bytes::BytesMut::new();
+    for i in 1..=total {
+        strait::mqtt::codec::encode(&Packet::Publish(publish("fc/t", QoS::AtLeastOnce, b"x", i)), V3, &mut all);
+    }
+    let writer = tokio::spawn(async move {
+        p.send_bytes(&all).await;
+        let mut acked = 0;
+        while acked < total {
+            match p.recv().await {
+                Some(Packet::PubAck(_)) => acked += 1,
+                Some(_) => {}
+                None => panic!("publisher closed"),
+            }
+        }
+    });
+    for _ in 0..total {
+        let m = s.publish_in().await;
+        s.ack(&m).await;
+    }
+    writer.await.expect("publisher got every PUBACK");
+    let dropped = n.node.broker.metrics.messages_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 0, "flow control slows the publisher instead of dropping");
+    n.stop().await;
+}

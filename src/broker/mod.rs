@@ -305,8 +305,9 @@ impl Broker {
     }
 
     /// Route a message to every matching session (and store/clear it when retained).
-    /// Returns the number of sessions it was offered to.
-    pub fn publish(&self, msg: Arc<Message>) -> usize {
+    /// Returns the fullest connected session whose queue is past half its bound, if any: the
+    /// publisher's connection then waits for it to drain (flow control instead of drops).
+    pub fn publish(&self, msg: Arc<Message>) -> Option<Arc<Session>> {
         if msg.retain {
             self.retain(&msg);
         }
@@ -314,12 +315,13 @@ impl Broker {
         self.router.matches(&msg.topic, &mut matches);
         if matches.is_empty() {
             inc(&self.metrics.messages_no_subscribers);
-            return 0;
+            return None;
         }
         // Overlapping non-shared subscriptions of one session yield one delivery with the
         // highest QoS and all subscription identifiers (MQTT-3.3.4-2/-3/-5).
         matches.sort_by_key(|m| (Arc::as_ptr(&m.session) as usize, m.shared));
-        let mut delivered = 0;
+        let mut congested: Option<(usize, Arc<Session>)> = None;
+        let half = self.mqtt.max_mqueue_len / 2;
         let mut i = 0;
         while i < matches.len() {
             let m = &matches[i];
@@ -337,21 +339,43 @@ impl Broker {
                 }
             }
             if !(opts.no_local && !m.shared && *m.session.client_id == *msg.publisher) {
-                self.offer(&m.session, Delivery::live(&msg, &opts, ids));
-                delivered += 1;
+                let depth = self.offer(&m.session, Delivery::live(&msg, &opts, ids));
+                if depth > half && m.session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
+                    congested = Some((depth, m.session.clone()));
+                }
             }
             i = j;
         }
-        delivered
+        congested.map(|(_, s)| s)
     }
 
-    /// Offer one delivery to a session under the slow-consumer policy.
-    pub fn offer(&self, session: &Arc<Session>, d: Delivery) {
-        match session.enqueue(d, self.mqtt.max_mqueue_len, self.mqtt.mqueue_store_qos0) {
+    /// Wait (bounded by `max`) until `session`'s queue is below a quarter of its bound.
+    pub async fn wait_drained(&self, session: &Session, max: Duration) {
+        let low = self.mqtt.max_mqueue_len / 4;
+        let _ = tokio::time::timeout(max, async {
+            loop {
+                let notified = session.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if session.lock().queue.len() <= low || !session.is_connected() {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+
+    /// Offer one delivery to a session under the slow-consumer policy; returns the queue
+    /// depth after it.
+    pub fn offer(&self, session: &Arc<Session>, d: Delivery) -> usize {
+        let (outcome, depth) = session.enqueue(d, self.mqtt.max_mqueue_len, self.mqtt.mqueue_store_qos0);
+        match outcome {
             Enqueued::Queued => {}
             Enqueued::Dropped => inc(&self.metrics.messages_dropped),
             Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
         }
+        depth
     }
 
     fn retain(&self, msg: &Arc<Message>) {

@@ -84,6 +84,8 @@ pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,
     pub notify: Notify,
+    /// Woken when the queue drains below a quarter of its bound (publisher flow control).
+    pub drained: Notify,
     connected: AtomicBool,
     pub created_at_ms: u64,
     pub dropped: AtomicU64,
@@ -110,6 +112,7 @@ impl Session {
                 dirty: false,
             }),
             notify: Notify::new(),
+            drained: Notify::new(),
             connected: AtomicBool::new(false),
             created_at_ms,
             dropped: AtomicU64::new(0),
@@ -132,11 +135,11 @@ impl Session {
     /// full, QoS 0 goes first (a new QoS 0 is dropped, a new QoS≥1 evicts the oldest QoS 0),
     /// and a QoS≥1 message that finds no QoS 0 to evict is dropped. QoS 0 for an offline
     /// session is kept only when `store_qos0`.
-    pub fn enqueue(&self, d: Delivery, limit: usize, store_qos0: bool) -> Enqueued {
-        let outcome = {
+    pub fn enqueue(&self, d: Delivery, limit: usize, store_qos0: bool) -> (Enqueued, usize) {
+        let (outcome, depth) = {
             let mut st = self.lock();
             let online = st.conn.is_some();
-            if d.qos == QoS::AtMostOnce && !online && !store_qos0 {
+            let outcome = if d.qos == QoS::AtMostOnce && !online && !store_qos0 {
                 Enqueued::Dropped
             } else if st.queue.len() < limit {
                 st.queue.push_back(d);
@@ -151,7 +154,8 @@ impl Session {
                 Enqueued::QueuedEvictedQos0
             } else {
                 Enqueued::Dropped
-            }
+            };
+            (outcome, st.queue.len())
         };
         match outcome {
             Enqueued::Dropped => {
@@ -163,7 +167,7 @@ impl Session {
             }
             Enqueued::Queued => self.notify.notify_one(),
         }
-        outcome
+        (outcome, depth)
     }
 }
 

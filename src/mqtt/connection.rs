@@ -95,6 +95,9 @@ struct Live {
     /// Client asked not to get reason strings / user properties on errors.
     problem_info: bool,
     connect_expiry: u32,
+    /// A connected subscriber whose queue this connection's publishes filled past half: stop
+    /// reading until it drains (TCP backpressure on the publisher instead of drops).
+    throttle: Option<Arc<Session>>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
@@ -286,6 +289,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             max_out,
             problem_info: c.properties.request_problem_information != Some(0),
             connect_expiry: expiry,
+            throttle: None,
         };
         if attached.session_present {
             self.resend_inflight(&live);
@@ -316,6 +320,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             return close;
         }
         loop {
+            if let Some(slow) = live.throttle.take() {
+                // Our own PUBACKs wait too: that is what slows the publisher down.
+                self.broker.wait_drained(&slow, Duration::from_millis(500)).await;
+                // Packets already read but not handled because of the throttle.
+                if let Some(close) = self.process_input(live, max) {
+                    return close;
+                }
+                if live.throttle.is_some() {
+                    continue;
+                }
+            }
             if self.outbuf.len() < HIGH_WATER {
                 self.fill_outbound(live);
             }
@@ -353,6 +368,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 Ok(Some(p)) => {
                     if let Some(close) = self.handle(live, p) {
                         return Some(close);
+                    }
+                    if live.throttle.is_some() {
+                        // Leave the rest in the buffer until the slow subscriber drains.
+                        return None;
                     }
                 }
                 Ok(None) => return None,
@@ -514,7 +533,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else {
             let topic: Arc<str> = p.topic.as_str().into();
             let msg = Message::from_publish(p, topic, live.client_id.clone());
-            self.broker.publish(Arc::new(msg));
+            if let Some(slow) = self.broker.publish(Arc::new(msg)) {
+                // Never wait on our own queue: only this task drains it.
+                if !Arc::ptr_eq(&slow, &live.session) {
+                    live.throttle = Some(slow);
+                }
+            }
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -600,6 +624,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             let Some(d) = st.queue.pop_front() else { break };
             st.dirty = true;
+            if st.queue.len() == self.broker.mqtt.max_mqueue_len / 4 {
+                live.session.drained.notify_waiters();
+            }
             if d.msg.is_expired(now) {
                 inc(&self.broker.metrics.messages_expired);
                 continue;
