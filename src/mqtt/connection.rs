@@ -31,6 +31,9 @@ use crate::mqtt::topic;
 
 /// Stop pulling from the session queue while this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
+/// Read buffer of an idle connection; a connection whose reads fill it gets `BUSY_READ`.
+const IDLE_READ: usize = 512;
+const BUSY_READ: usize = 16 * 1024;
 
 /// Why the packet loop ended.
 enum Close {
@@ -345,6 +348,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     Ok(0) | Err(_) => return Close::Abnormal,
                     Ok(n) => {
                         self.broker.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        if n >= IDLE_READ {
+                            self.inbuf.reserve(BUSY_READ);
+                        }
                         keepalive.as_mut().reset(Instant::now() + ka);
                         if let Some(close) = self.process_input(live, max) {
                             return close;
