@@ -102,14 +102,18 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
-        let tls = bound.tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => {
-                    let (rd, wr) = stream.into_split();
+        // Separate tasks for plain and TLS connections: a plain connection's task must not
+        // reserve room for the (much larger) TLS stream state.
+        match bound.tls.clone() {
+            None => {
+                let (rd, wr) = stream.into_split();
+                tracker.spawn(async move {
                     connection::serve(rd, wr, peer, broker).await;
-                }
-                Some(acceptor) => {
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                tracker.spawn(async move {
                     let handshake = tokio::time::timeout(broker.mqtt.connect_timeout, acceptor.accept(stream)).await;
                     match handshake {
                         Ok(Ok(tls)) => {
@@ -119,9 +123,9 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls.handshake failed"),
                         Err(_) => tracing::info!(%peer, "tls.handshake timed out"),
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
 }

@@ -192,14 +192,9 @@ impl Broker {
             st.pending_will = None;
             st.dirty = true;
         }
+        // No storage write here: every persisted session is in the map (loaded at start), and a
+        // replaced one was deleted by `discard`, so a new session has no record to remove.
         session.set_connected(true);
-        if !present {
-            if let Some(storage) = &self.storage {
-                if let Err(e) = storage.remove_session(client_id) {
-                    tracing::warn!(client_id, error = %e, "storage.remove_session failed");
-                }
-            }
-        }
         Attached { session, session_present: present, conn_id, kick_rx }
     }
 
