@@ -23,25 +23,10 @@ fn check(text: &str) -> (i32, String) {
 
 #[test]
 fn check_config_exit_codes_and_messages() {
-    let seed = r##"
-cluster {
-  name = "cluster-us-east"
-  links = [
-    {
-      name = "cluster-eu-west"
-      server = "emqx.us-east.myinfra.net:11883"
-      clientid = "clink-us-east"
-      topics = ["#"]
-    }
-  ]
-}
-listeners {
-  tcp.clink {
-    bind = 11883
-  }
-}
-"##;
-    assert_eq!(check(seed).0, 0, "the seed's snippet is a valid config");
+    // The seed's snippet (shared/seed/cluster-linking-quickstart), verbatim.
+    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config/emqx_link.conf"))
+        .expect("seed fixture");
+    assert_eq!(check(&seed).0, 0, "the seed's snippet is a valid config");
     let (code, err) = check("mqtt { max_inflight = \"abc\" }");
     assert_eq!(code, 2);
     assert!(err.starts_with("FILE: mqtt.max_inflight: "), "{err}");

@@ -543,7 +543,8 @@ fn varint_len(n: usize) -> usize {
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut n: usize) {
+/// Append `n` as an MQTT variable byte integer.
+pub(crate) fn put_varint(out: &mut BytesMut, mut n: usize) {
     loop {
         let mut b = (n % 128) as u8;
         n /= 128;

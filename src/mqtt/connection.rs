@@ -724,7 +724,7 @@ pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, n
         }
         out.reserve(len + 5);
         out.put_u8(b0);
-        put_varint(out, len);
+        codec::put_varint(out, len);
         out.put_u16(topic.len() as u16);
         out.put_slice(topic);
         if d.qos != QoS::AtMostOnce {
@@ -749,18 +749,4 @@ pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, n
         properties,
     };
     codec::encode(&Packet::Publish(p), protocol, out);
-}
-
-fn put_varint(out: &mut BytesMut, mut n: usize) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if n == 0 {
-            break;
-        }
-    }
 }
