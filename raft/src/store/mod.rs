@@ -1,0 +1,21 @@
+//! Storage on sled: the Raft log, vote and committed index (`log.rs`) and the state machine
+//! with its snapshots (`state_machine.rs`). One sled database per node; writes that openraft
+//! needs durable are flushed before they are acknowledged.
+
+pub mod log;
+pub mod state_machine;
+
+use std::path::Path;
+
+pub use log::LogStore;
+pub use state_machine::StateMachineStore;
+
+use crate::StateMachine;
+
+/// Open (or create) the node's storage at `dir`.
+pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
+    let db = sled::Config::new().path(dir).open().map_err(std::io::Error::other)?;
+    let log = LogStore::new(&db)?;
+    let sm = StateMachineStore::new(&db)?;
+    Ok((log, sm))
+}
