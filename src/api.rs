@@ -94,8 +94,11 @@ fn not_found(id: &str) -> Response {
 }
 
 async fn kick(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    // A connected client is kicked (MQTT 5: DISCONNECT 0x98); an offline session is discarded.
     if s.broker.kick(&id, Kick::Admin) {
         tracing::info!(client_id = %id, "api.client_kicked");
+        StatusCode::NO_CONTENT.into_response()
+    } else if s.broker.remove_offline_session(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         not_found(&id)

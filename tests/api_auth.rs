@@ -28,6 +28,20 @@ async fn api_endpoints_and_kick() {
     assert_eq!(http(n.api, "DELETE", "/api/v5/clients/api-client").await.0, 204);
     assert_eq!(c.expect_close().await, Some(reason::ADMINISTRATIVE_ACTION));
     assert_eq!(http(n.api, "GET", "/api/v5/nope").await.0, 404);
+    tracing::info!("--- DELETE of an offline persistent session discards it");
+    let mut p = connect_packet(Protocol::V5, "offline");
+    p.clean_start = false;
+    p.properties.session_expiry_interval = Some(300);
+    let (mut o, _) = Raw::connect_with(n.mqtt, p.clone()).await;
+    o.subscribe("off/#", QoS::AtLeastOnce).await;
+    o.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    drop(o);
+    let b = n.node.broker.clone();
+    wait_for(|| b.session("offline").is_some_and(|s| !s.is_connected()), WAIT, "offline session").await;
+    assert_eq!(http(n.api, "DELETE", "/api/v5/clients/offline").await.0, 204);
+    assert!(n.node.broker.session("offline").is_none(), "session discarded");
+    let (_, ack) = Raw::connect_with(n.mqtt, p).await;
+    assert!(!ack.session_present, "a reconnect finds no session");
     n.stop().await;
 }
 

@@ -460,6 +460,30 @@ impl Broker {
         }
     }
 
+    /// Discard an offline session (API DELETE): its subscriptions, queue and stored record.
+    /// A pending delayed will is published, as when the session expires. False when there is
+    /// no such offline session.
+    pub fn remove_offline_session(&self, client_id: &str) -> bool {
+        let mut sessions = self.lock_sessions();
+        let Some(s) = sessions.get(client_id).cloned() else { return false };
+        let will = {
+            let mut st = s.lock();
+            if st.conn.is_some() {
+                return false;
+            }
+            st.pending_will.take()
+        };
+        sessions.remove(client_id);
+        self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+        drop(sessions);
+        self.discard(&s);
+        if let Some((w, _)) = will {
+            self.publish_will(client_id, w);
+        }
+        tracing::info!(client_id, "session.removed");
+        true
+    }
+
     /// Expire sessions and send due delayed wills. Called once a second by the housekeeping task.
     pub fn housekeeping(&self) {
         let now = now_ms();
