@@ -98,6 +98,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> ExitCode {
+    // Install the handlers before anything starts: a SIGTERM that arrives while the node is
+    // starting must still mean an orderly shutdown, not the default "terminate now".
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("strait: cannot install the SIGTERM/SIGINT handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match Node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -112,23 +122,15 @@ async fn run(cfg: Config) -> ExitCode {
     if let Some(a) = node.api_addr {
         println!("strait: http api on {a}");
     }
-    wait_for_signal().await;
+    wait_for_signal(term, int).await;
     node.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+async fn wait_for_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
 
