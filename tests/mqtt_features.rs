@@ -300,7 +300,12 @@ async fn refusals_at_connect() {
     let mut c = connect_packet(V3, "");
     c.clean_start = false;
     let (_, ack) = Raw::connect_with(n.mqtt, c).await;
-    assert_eq!(ack.code, 2, "3.1.1 empty client id with clean session 0: identifier rejected");
+    // Wire return code 2; the codec reads 3.1.1 return codes back as 5.0 reason codes.
+    assert_eq!(
+        ack.code,
+        reason::CLIENT_IDENTIFIER_NOT_VALID,
+        "3.1.1 empty client id with clean session 0: identifier rejected"
+    );
     tracing::info!("--- first packet not CONNECT: closed");
     let mut r = Raw::open(n.mqtt, V3).await;
     r.send_bytes(&[0xc0, 0]).await;

@@ -5,14 +5,22 @@
 //! the read buffer once all of it is there; payloads are zero-copy `Bytes` slices of it.
 //! Validation is strict: reserved flags, UTF-8 (no U+0000), property placement and duplicates,
 //! lengths. Errors map to 5.0 reason codes through `CodecError::reason_code`:
-//! Malformed → 0x81, Protocol → 0x82, TooLarge → 0x95, TopicNameInvalid → 0x90,
-//! UnsupportedProtocol → 0x84, BadProtocolName → 0x81.
+//! Malformed → 0x81, Protocol → 0x82, TooLarge → 0x95, TopicNameInvalid → 0x90 (wildcard in a
+//! PUBLISH topic), UnsupportedProtocol → 0x84, BadProtocolName → 0x81.
+//!
+//! Choices where the spec leaves room: DUP on a QoS 0 PUBLISH and QoS 3 are Malformed in both
+//! versions; an empty PUBLISH topic is Malformed in 3.1.1 and a Protocol error in 5.0 unless a
+//! Topic Alias is present; SUBSCRIBE option QoS 3 is Malformed in 3.1.1 and a Protocol error in
+//! 5.0 (reserved option bits are Malformed in both). Topic *filter* syntax is not checked here
+//! (the broker answers bad filters per filter in SUBACK); CONNECT is only the first packet
+//! rule (a second CONNECT is the connection's business), and which direction a packet travels
+//! is not checked (the codec also serves the cluster link client).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::packet::*;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
@@ -42,6 +50,8 @@ impl CodecError {
 
 type R<T> = Result<T, CodecError>;
 const MAX_REMAINING: usize = 268_435_455;
+/// Most `decode` reserves at once while waiting for the rest of a packet.
+const RESERVE_STEP: usize = 64 * 1024;
 
 /// Decode one packet from the front of `buf` (Ok(None): need more bytes, nothing consumed).
 pub fn decode(buf: &mut BytesMut, protocol: Option<Protocol>, max_size: usize) -> R<Option<Packet>> {
@@ -49,6 +59,9 @@ pub fn decode(buf: &mut BytesMut, protocol: Option<Protocol>, max_size: usize) -
         return Ok(None);
     }
     let b0 = buf[0];
+    if protocol.is_none() && b0 >> 4 != 1 {
+        return Err(CodecError::Protocol("first packet is not CONNECT"));
+    }
     let mut remaining = 0usize;
     let mut header_len = 1;
     let mut shift = 0;
@@ -69,22 +82,17 @@ pub fn decode(buf: &mut BytesMut, protocol: Option<Protocol>, max_size: usize) -
         return Err(CodecError::TooLarge { size: total, max: max_size });
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Grow towards the declared size in steps: a client announcing a large packet and then
+        // stalling costs at most one step of memory, not `max_size`.
+        buf.reserve((total - buf.len()).min(RESERVE_STEP));
         return Ok(None);
     }
     let mut pkt = buf.split_to(total).freeze();
     pkt.advance(header_len);
     let ptype = b0 >> 4;
     let flags = b0 & 0x0f;
-    let proto = match protocol {
-        Some(p) => p,
-        None => {
-            if ptype != 1 {
-                return Err(CodecError::Protocol("first packet is not CONNECT"));
-            }
-            Protocol::V311 // replaced by the CONNECT's own level
-        }
-    };
+    // Without a protocol only CONNECT gets here (checked above); it carries its own level.
+    let proto = protocol.unwrap_or(Protocol::V311);
     let mut r = Reader { b: pkt };
     let p = match ptype {
         1 => {
@@ -353,6 +361,9 @@ fn decode_props(r: &mut Reader, k: Kind) -> R<Properties> {
             _ => set(&mut p.shared_subscription_available, flag(pr.u8()?)?)?,
         }
     }
+    if p.authentication_data.is_some() && p.authentication_method.is_none() {
+        return Err(CodecError::Protocol("authentication data without authentication method"));
+    }
     Ok(p)
 }
 
@@ -406,6 +417,20 @@ fn decode_connack(r: &mut Reader, proto: Protocol) -> R<Packet> {
         return Err(CodecError::Malformed("reserved CONNACK flags"));
     }
     let code = r.u8()?;
+    let code = if proto.is_v5() {
+        code
+    } else {
+        // 3.1.1 return code → the 5.0 reason code `ConnAck::code` holds (inverse of the encoder).
+        match code {
+            0 => reason::SUCCESS,
+            1 => reason::UNSUPPORTED_PROTOCOL_VERSION,
+            2 => reason::CLIENT_IDENTIFIER_NOT_VALID,
+            3 => reason::SERVER_UNAVAILABLE,
+            4 => reason::BAD_USER_NAME_OR_PASSWORD,
+            5 => reason::NOT_AUTHORIZED,
+            _ => return Err(CodecError::Malformed("invalid CONNACK return code")),
+        }
+    };
     let properties = if proto.is_v5() { decode_props(r, Kind::ConnAck)? } else { Properties::default() };
     r.done()?;
     Ok(Packet::ConnAck(ConnAck { session_present: ack & 1 == 1, code, properties }))
@@ -433,7 +458,11 @@ fn decode_publish(r: &mut Reader, flags: u8, proto: Protocol) -> R<Publish> {
     };
     let properties = if proto.is_v5() { decode_props(r, Kind::Publish)? } else { Properties::default() };
     if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(CodecError::TopicNameInvalid("empty topic name"));
+        return Err(if proto.is_v5() {
+            CodecError::Protocol("empty topic name without topic alias")
+        } else {
+            CodecError::Malformed("empty topic name")
+        });
     }
     let payload = std::mem::take(&mut r.b);
     Ok(Publish { dup, qos, retain, topic, packet_id, payload, properties })
@@ -465,11 +494,11 @@ fn decode_subscribe(r: &mut Reader, proto: Protocol) -> R<Subscribe> {
     while !r.b.is_empty() {
         let filter = r.string()?;
         let o = r.u8()?;
-        let qos = QoS::from_u8(o & 0x03).ok_or(CodecError::Malformed("subscription QoS 3"))?;
         let options = if proto.is_v5() {
             if o & 0xc0 != 0 {
                 return Err(CodecError::Malformed("reserved subscription option bits"));
             }
+            let qos = QoS::from_u8(o & 0x03).ok_or(CodecError::Protocol("subscription QoS 3"))?;
             let rh = (o >> 4) & 0x03;
             if rh == 3 {
                 return Err(CodecError::Protocol("retain handling 3"));
@@ -479,6 +508,7 @@ fn decode_subscribe(r: &mut Reader, proto: Protocol) -> R<Subscribe> {
             if o & 0xfc != 0 {
                 return Err(CodecError::Malformed("reserved subscription option bits"));
             }
+            let qos = QoS::from_u8(o).ok_or(CodecError::Malformed("subscription QoS 3"))?;
             SubOptions { qos, ..SubOptions::default() }
         };
         filters.push(SubscribeFilter { filter, options });
@@ -509,6 +539,16 @@ fn decode_suback(r: &mut Reader, proto: Protocol, unsub: bool) -> R<Packet> {
     let packet_id = r.u16()?;
     let kind = if unsub { Kind::UnsubAck } else { Kind::SubAck };
     let properties = if proto.is_v5() { decode_props(r, kind)? } else { Properties::default() };
+    if !proto.is_v5() {
+        if unsub {
+            r.done()?; // 3.1.1 UNSUBACK has no payload
+        } else if r.b.iter().any(|c| !matches!(c, 0 | 1 | 2 | 0x80)) {
+            return Err(CodecError::Malformed("invalid SUBACK return code"));
+        }
+    }
+    if r.b.is_empty() && (!unsub || proto.is_v5()) {
+        return Err(CodecError::Protocol("SUBACK/UNSUBACK without reason codes"));
+    }
     let codes = r.b.to_vec();
     r.b.clear();
     Ok(if unsub {
@@ -558,20 +598,54 @@ pub(crate) fn put_varint(out: &mut BytesMut, mut n: usize) {
     }
 }
 
+// Strings and binary data longer than 65_535 bytes cannot be encoded; `encode` has no error
+// path, so they are cut (strings at a char boundary) and `*_len` agree with what is written.
+// The broker never builds such values from decoded input (everything it echoes was decoded
+// from a u16-length field or is validated by the connection).
+
+fn cut_str(s: &str) -> &str {
+    let mut n = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    s.get(..n).unwrap_or_default()
+}
+
+fn cut_bin(b: &[u8]) -> &[u8] {
+    b.get(..usize::from(u16::MAX)).unwrap_or(b)
+}
+
+/// Encoded length of a UTF-8 string field (length prefix included).
+fn str_len(s: &str) -> usize {
+    2 + cut_str(s).len()
+}
+
+/// Encoded length of a binary data field (length prefix included).
+fn bin_len(b: &[u8]) -> usize {
+    2 + cut_bin(b).len()
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
-    put_bin(out, s.as_bytes());
+    let s = cut_str(s);
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
 }
 
 fn put_bin(out: &mut BytesMut, b: &[u8]) {
-    let n = b.len().min(usize::from(u16::MAX));
-    out.put_u16(n as u16);
-    out.put_slice(&b[..n]);
+    let b = cut_bin(b);
+    out.put_u16(b.len() as u16);
+    out.put_slice(b);
+}
+
+/// Subscription identifiers are variable byte integers; out-of-range values are clamped.
+fn sub_id(v: u32) -> usize {
+    (v as usize).min(MAX_REMAINING)
 }
 
 /// Encoded length of the property block's contents (without its length prefix).
 fn props_len(p: &Properties) -> usize {
-    let s = |o: &Option<String>| o.as_ref().map_or(0, |v| 3 + v.len());
-    let b = |o: &Option<Bytes>| o.as_ref().map_or(0, |v| 3 + v.len());
+    let s = |o: &Option<String>| o.as_ref().map_or(0, |v| 1 + str_len(v));
+    let b = |o: &Option<Bytes>| o.as_ref().map_or(0, |v| 1 + bin_len(v));
     let n1 = |o: &Option<u8>| o.map_or(0, |_| 2);
     let n2 = |o: &Option<u16>| o.map_or(0, |_| 3);
     let n4 = |o: &Option<u32>| o.map_or(0, |_| 5);
@@ -580,7 +654,7 @@ fn props_len(p: &Properties) -> usize {
         + s(&p.content_type)
         + s(&p.response_topic)
         + b(&p.correlation_data)
-        + p.subscription_identifiers.iter().map(|v| 1 + varint_len(*v as usize)).sum::<usize>()
+        + p.subscription_identifiers.iter().map(|v| 1 + varint_len(sub_id(*v))).sum::<usize>()
         + n4(&p.session_expiry_interval)
         + s(&p.assigned_client_identifier)
         + n2(&p.server_keep_alive)
@@ -597,7 +671,7 @@ fn props_len(p: &Properties) -> usize {
         + n2(&p.topic_alias)
         + n1(&p.maximum_qos)
         + n1(&p.retain_available)
-        + p.user_properties.iter().map(|(k, v)| 5 + k.len() + v.len()).sum::<usize>()
+        + p.user_properties.iter().map(|(k, v)| 1 + str_len(k) + str_len(v)).sum::<usize>()
         + n4(&p.maximum_packet_size)
         + n1(&p.wildcard_subscription_available)
         + n1(&p.subscription_identifier_available)
@@ -626,7 +700,7 @@ fn put_props(out: &mut BytesMut, p: &Properties) {
     put!(p.correlation_data, 0x09, bin);
     for id in &p.subscription_identifiers {
         out.put_u8(0x0B);
-        put_varint(out, *id as usize);
+        put_varint(out, sub_id(*id));
     }
     put!(p.session_expiry_interval, 0x11, u32);
     put!(p.assigned_client_identifier, 0x12, str);
@@ -660,6 +734,16 @@ fn props_block_len(p: &Properties) -> usize {
     varint_len(n) + n
 }
 
+/// Protocol a packet is encoded with: CONNECT declares its own version (`Connect::protocol`)
+/// so that the level byte and the presence of properties always agree; everything else uses
+/// the connection's.
+fn wire_protocol(packet: &Packet, proto: Protocol) -> Protocol {
+    match packet {
+        Packet::Connect(c) => c.protocol,
+        _ => proto,
+    }
+}
+
 /// (first byte, remaining length) of `packet`, or None when it is not sent for `proto`.
 fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
     let v5 = proto.is_v5();
@@ -667,25 +751,25 @@ fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
     Some(match packet {
         Packet::Connect(c) => {
             let name = if c.protocol == Protocol::V31 { 6 } else { 4 };
-            let mut n = 2 + name + 1 + 1 + 2 + pl(&c.properties) + 2 + c.client_id.len();
+            let mut n = 2 + name + 1 + 1 + 2 + pl(&c.properties) + str_len(&c.client_id);
             if let Some(w) = &c.will {
-                n += pl(&w.properties) + 2 + w.topic.len() + 2 + w.payload.len();
+                n += pl(&w.properties) + str_len(&w.topic) + bin_len(&w.payload);
             }
-            n += c.username.as_ref().map_or(0, |u| 2 + u.len());
-            n += c.password.as_ref().map_or(0, |p| 2 + p.len());
+            n += c.username.as_deref().map_or(0, str_len);
+            n += c.password.as_deref().map_or(0, bin_len);
             (0x10, n)
         }
         Packet::ConnAck(a) => (0x20, 2 + pl(&a.properties)),
         Packet::Publish(p) => {
             let mut b0 = 0x30 | (p.qos.as_u8() << 1);
-            if p.dup {
-                b0 |= 0x08;
+            if p.dup && p.qos != QoS::AtMostOnce {
+                b0 |= 0x08; // DUP is never sent on QoS 0 (the decoder rejects it)
             }
             if p.retain {
                 b0 |= 0x01;
             }
             let id = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
-            (b0, 2 + p.topic.len() + id + pl(&p.properties) + p.payload.len())
+            (b0, str_len(&p.topic) + id + pl(&p.properties) + p.payload.len())
         }
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             let b0 = match packet {
@@ -704,10 +788,10 @@ fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
             (b0, n)
         }
         Packet::Subscribe(s) => {
-            (0x82, 2 + pl(&s.properties) + s.filters.iter().map(|f| 3 + f.filter.len()).sum::<usize>())
+            (0x82, 2 + pl(&s.properties) + s.filters.iter().map(|f| str_len(&f.filter) + 1).sum::<usize>())
         }
         Packet::SubAck(s) => (0x90, 2 + pl(&s.properties) + s.codes.len()),
-        Packet::Unsubscribe(u) => (0xA2, 2 + pl(&u.properties) + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()),
+        Packet::Unsubscribe(u) => (0xA2, 2 + pl(&u.properties) + u.filters.iter().map(|f| str_len(f)).sum::<usize>()),
         Packet::UnsubAck(u) => (0xB0, 2 + if v5 { props_block_len(&u.properties) + u.codes.len() } else { 0 }),
         Packet::PingReq => (0xC0, 0),
         Packet::PingResp => (0xD0, 0),
@@ -733,18 +817,27 @@ fn header(packet: &Packet, proto: Protocol) -> Option<(u8, usize)> {
     })
 }
 
-/// Length `encode` would write.
+/// Length `encode` would write (0 for AUTH to 3.1.1). For a packet too large for MQTT at all
+/// (remaining length > 268_435_455) this is its nominal size, larger than any Maximum Packet
+/// Size, and `encode` writes nothing.
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
+    let protocol = wire_protocol(packet, protocol);
     header(packet, protocol).map_or(0, |(_, n)| 1 + varint_len(n) + n)
 }
 
-/// Append the encoding of `packet` for `protocol` to `out`.
+/// Append the encoding of `packet` for `protocol` to `out`. 3.1.1 (and 3.1): no properties or
+/// reason codes; CONNACK codes map through `reason::v3_connack_code`; SUBACK failures become
+/// 0x80; AUTH writes nothing. CONNECT is encoded for its own `Connect::protocol`.
 pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
+    let protocol = wire_protocol(packet, protocol);
     let Some((b0, len)) = header(packet, protocol) else { return };
+    if len > MAX_REMAINING {
+        return;
+    }
     let v5 = protocol.is_v5();
     out.reserve(1 + varint_len(len) + len);
     out.put_u8(b0);
-    put_varint(out, len.min(MAX_REMAINING));
+    put_varint(out, len);
     match packet {
         Packet::Connect(c) => {
             if c.protocol == Protocol::V31 {
