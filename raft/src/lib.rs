@@ -5,12 +5,21 @@
 //! type configuration ([`TypeConfig`]) is concrete and the application's types stay behind the
 //! adapter in `store::state_machine`.
 //!
-//! Status: storage (log, vote, committed index and state-machine snapshots on sled, every write
-//! flushed before it is acknowledged) passes openraft's own storage suite. The gRPC network and
-//! the `RaftNode` handle (propose with batching and forwarding, leadership/lease watch,
-//! membership) are the next step.
+//! - `store`: log, vote, committed index and state-machine snapshots on sled, every write
+//!   flushed before it is acknowledged (passes openraft's own storage suite).
+//! - `net`: Raft over tonic gRPC (no protoc), with snapshot streaming, proposal forwarding and a
+//!   fault-injection layer.
+//! - `node`: [`RaftNode`], the handle the application uses (propose, read, leadership, members).
 
+pub mod dedup;
+pub mod net;
+pub mod node;
 pub mod store;
+
+pub use dedup::{Applied, Proposal, RequestId};
+pub use net::Faults;
+pub use node::{Leadership, ProposeError, RaftConfig, RaftNode, StartError};
+pub use openraft::ServerState;
 
 use std::fmt;
 
@@ -20,7 +29,9 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// An entry's application payload: a bincode-encoded batch of the application's commands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (In JSON, the format of openraft's own types on disk and on the wire, it is one base64
+/// string rather than an array of numbers.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request(pub Vec<u8>);
 
 impl fmt::Display for Request {
@@ -30,8 +41,47 @@ impl fmt::Display for Request {
 }
 
 /// The encoded responses to one entry's batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Response(pub Vec<u8>);
+
+mod blob {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn ser<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+        } else {
+            s.serialize_bytes(b)
+        }
+    }
+
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+        } else {
+            <Vec<u8>>::deserialize(d)
+        }
+    }
+}
+
+macro_rules! blob_serde {
+    ($t:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                blob::ser(&self.0, s)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                blob::de(d).map($t)
+            }
+        }
+    };
+}
+blob_serde!(Request);
+blob_serde!(Response);
 
 openraft::declare_raft_types!(
     /// Strait's openraft type configuration.
@@ -45,8 +95,8 @@ openraft::declare_raft_types!(
 /// The application state machine. `apply` must be pure and deterministic: no clocks, no
 /// randomness, no I/O (time and ids come inside the commands).
 pub trait StateMachine: Default + Send + Sync + 'static {
-    type Command: Serialize + for<'de> Deserialize<'de> + Send + 'static;
-    type Response: Serialize + for<'de> Deserialize<'de> + Send + 'static;
+    type Command: Serialize + for<'de> Deserialize<'de> + Clone + Send + Sync + 'static;
+    type Response: Serialize + for<'de> Deserialize<'de> + Clone + Send + Sync + 'static;
 
     /// Apply one committed batch; one response per command.
     fn apply(&mut self, batch: Vec<Self::Command>) -> Vec<Self::Response>;

@@ -14,7 +14,7 @@ use strait_raft::{StateMachine, TypeConfig};
 #[derive(Default)]
 struct Kv(BTreeMap<String, String>);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 enum Cmd {
     Set(String, String),
 }

@@ -14,7 +14,8 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 use tokio::sync::RwLock;
 
-use crate::{decode, decode_raft, encode, encode_raft, Response, StateMachine, TypeConfig};
+use crate::dedup::Dedup;
+use crate::{decode, decode_raft, encode, encode_raft, Proposal, Response, StateMachine, TypeConfig};
 
 type C = TypeConfig;
 
@@ -23,8 +24,9 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-struct Inner<S> {
+struct Inner<S: StateMachine> {
     sm: S,
+    dedup: Dedup<S::Response>,
     last_applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
     snapshot_seq: u64,
@@ -55,17 +57,35 @@ fn load(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, io::Error> {
     }
 }
 
+impl<S: StateMachine> Inner<S> {
+    /// Snapshot bytes: the request-id table (so a retried proposal stays deduplicated on a node
+    /// that caught up by snapshot) and the application's own bytes.
+    fn snapshot(&self) -> Result<Vec<u8>, io::Error> {
+        encode(&(&self.dedup, self.sm.snapshot()))
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), io::Error> {
+        let (dedup, app): (Dedup<S::Response>, Vec<u8>) = decode(bytes)?;
+        let mut sm = S::default();
+        sm.restore(&app).map_err(io::Error::other)?;
+        self.sm = sm;
+        self.dedup = dedup;
+        Ok(())
+    }
+}
+
 impl<S: StateMachine> StateMachineStore<S> {
     pub fn new(db: &sled::Db) -> Result<Self, io::Error> {
         let tree = db.open_tree("snapshot").map_err(io)?;
         let mut inner = Inner {
             sm: S::default(),
+            dedup: Dedup::default(),
             last_applied: None,
             membership: StoredMembershipOf::<C>::default(),
             snapshot_seq: 0,
         };
         if let Some(snap) = load(&tree)? {
-            inner.sm.restore(&snap.data).map_err(io::Error::other)?;
+            inner.restore(&snap.data)?;
             inner.last_applied = snap.meta.last_log_id;
             inner.membership = snap.meta.last_membership.clone();
         }
@@ -96,7 +116,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<C> for StateMachineStore<S> {
             inner.snapshot_seq += 1;
             let meta =
                 SnapshotMetaOf::<C> { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
-            (meta, inner.sm.snapshot())
+            (meta, inner.snapshot()?)
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save(&stored).await?;
@@ -123,8 +143,10 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(req) => {
-                    let batch: Vec<S::Command> = decode(&req.0)?;
-                    Response(encode(&inner.sm.apply(batch))?)
+                    let batch: Vec<Proposal<S::Command>> = decode(&req.0)?;
+                    let index = entry.log_id.index;
+                    let inner = &mut *inner;
+                    Response(encode(&inner.dedup.apply(&mut inner.sm, index, batch))?)
                 }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
@@ -150,7 +172,7 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
         let data = snapshot.into_inner();
         {
             let mut inner = self.inner.write().await;
-            inner.sm.restore(&data).map_err(io::Error::other)?;
+            inner.restore(&data)?;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
         }

@@ -1,0 +1,155 @@
+//! Commit throughput and latency of a 3-node strait-raft cluster on this machine (real gRPC on
+//! 127.0.0.1, real sled stores in a temp dir), printed beside the physical floor measured in the
+//! same run: a loop of 64-byte write + fdatasync on the same filesystem.
+//!
+//! `cargo bench -p strait-raft --bench commit` (env BENCH_N scales the counts).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strait_raft::{RaftConfig, RaftNode, StateMachine};
+
+#[derive(Default)]
+struct Counter {
+    n: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Cmd(Vec<u8>);
+
+impl StateMachine for Counter {
+    type Command = Cmd;
+    type Response = u64;
+    fn apply(&mut self, batch: Vec<Cmd>) -> Vec<u64> {
+        batch
+            .into_iter()
+            .map(|c| {
+                self.n += 1;
+                self.bytes += c.0.len() as u64;
+                self.n
+            })
+            .collect()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        strait_raft::encode(&(self.n, self.bytes)).unwrap_or_default()
+    }
+    fn restore(&mut self, b: &[u8]) -> Result<(), String> {
+        let (n, bytes) = strait_raft::decode(b).map_err(|e| e.to_string())?;
+        *self = Counter { n, bytes };
+        Ok(())
+    }
+}
+
+struct Stats {
+    ops: usize,
+    secs: f64,
+    lat: Vec<Duration>,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        let mut l = self.lat.clone();
+        l.sort();
+        let i = ((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1));
+        l.get(i).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+    }
+    fn line(&self, what: &str) {
+        println!(
+            "{what:<44} {:>9.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ops)",
+            self.ops as f64 / self.secs,
+            self.pct(0.50),
+            self.pct(0.99),
+            self.ops
+        );
+    }
+}
+
+fn fdatasync_loop(dir: &std::path::Path, n: usize) -> Stats {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path).expect("probe file");
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&[7u8; 64]).expect("write");
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed());
+    }
+    Stats { ops: n, secs: start.elapsed().as_secs_f64(), lat }
+}
+
+async fn proposers(node: &RaftNode<Counter>, concurrency: usize, per: usize) -> Stats {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                node.propose(Cmd(vec![1u8; 64])).await.expect("propose");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("join"));
+    }
+    Stats { ops: concurrency * per, secs: start.elapsed().as_secs_f64(), lat }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let scale: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let root = std::env::temp_dir().join(format!("strait-raft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("bench dir");
+
+    let mut listeners = Vec::new();
+    let mut seeds = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        seeds.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.push((id, l));
+    }
+    let mut nodes = BTreeMap::new();
+    for (id, l) in listeners {
+        let cfg = RaftConfig {
+            id,
+            cluster: "bench".into(),
+            advertise: seeds[&id].clone(),
+            seeds: seeds.clone(),
+            ..Default::default()
+        };
+        let dir = root.join(format!("n{id}"));
+        let node = RaftNode::<Counter>::start(cfg, &dir, l, None).await.expect("start");
+        nodes.insert(id, node);
+    }
+    let nodes = Arc::new(nodes);
+    let leader = loop {
+        if let Some((id, _)) = nodes.iter().find(|(_, n)| n.leadership().borrow().is_leader_with_lease()) {
+            break *id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let follower = *nodes.keys().find(|id| **id != leader).expect("follower");
+    // Warm up connections.
+    proposers(&nodes[&leader], 4, 50).await;
+
+    println!("strait-raft commit benchmark: 3 nodes on 127.0.0.1, sled in {}", root.display());
+    fdatasync_loop(&root, 500 * scale).line("floor: 64 B write + fdatasync loop");
+    proposers(&nodes[&leader], 1, 1000 * scale).await.line("1 sequential proposer on the leader");
+    proposers(&nodes[&follower], 1, 500 * scale).await.line("1 sequential proposer on a follower");
+    proposers(&nodes[&leader], 64, 300 * scale).await.line("64 concurrent proposers on the leader");
+    proposers(&nodes[&follower], 64, 300 * scale).await.line("64 concurrent proposers on a follower");
+
+    for n in nodes.values() {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

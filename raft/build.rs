@@ -1,0 +1,33 @@
+//! Generates the gRPC client and server for the Raft service with tonic-build's manual builder:
+//! no .proto file and no system `protoc`. Every message is opaque bytes (see `net::codec`).
+
+use tonic_build::manual::{Builder, Method, Service};
+
+fn method(name: &str, route: &str, client_streaming: bool) -> Method {
+    let b = Method::builder()
+        .name(name)
+        .route_name(route)
+        .input_type("::bytes::Bytes")
+        .output_type("::bytes::Bytes")
+        .codec_path("crate::net::codec::BytesCodec");
+    if client_streaming {
+        b.client_streaming().build()
+    } else {
+        b.build()
+    }
+}
+
+fn main() {
+    let raft = Service::builder()
+        .name("Raft")
+        .package("strait.raft")
+        .method(method("append", "Append", false))
+        .method(method("vote", "Vote", false))
+        .method(method("pre_vote", "PreVote", false))
+        .method(method("snapshot", "Snapshot", true))
+        .method(method("forward", "Forward", false))
+        .method(method("admin", "Admin", false))
+        .build();
+    Builder::new().build_transport(false).compile(&[raft]);
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -1,0 +1,572 @@
+//! [`RaftNode`]: one member of a Raft group, as the application sees it.
+//!
+//! - `propose(cmd)`: concurrent proposals are batched into one log entry (group commit: while
+//!   up to [`RaftConfig::max_in_flight`] entries are being committed, new proposals wait and go
+//!   together in the next one). Each proposal has a request id; a proposal retried after a lost
+//!   answer is applied once (`dedup`). A proposal made on a follower is forwarded to the leader
+//!   over gRPC and answered from there; leader changes are retried until `propose_timeout`.
+//! - `read(f)`: the locally applied state.
+//! - `leadership()`: a watch of [`Leadership`]. On the leader, `lease` is true while a quorum
+//!   acknowledged a heartbeat sent less than `lease` ago (election timeout minus one heartbeat,
+//!   so a leader cut off by a partition knows it before a new leader can be elected); on a
+//!   follower, while it heard from a leader that recently.
+//! - Membership: bootstrap from the static seed list (every seed node initializes with the same
+//!   membership when its store is pristine: idempotent across restarts and start orders), add a
+//!   learner, promote, remove; forwarded to the leader from any node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Instant as _, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::dedup::{Applied, Proposal, RequestId};
+use crate::net::{self, AdminRequest, Faults, Identity, Network, RaftHandle, WriteResult};
+use crate::store::{self, StateMachineStore};
+use crate::{decode, decode_raft, encode, encode_raft, Request, StateMachine, TypeConfig};
+
+type C = TypeConfig;
+
+/// Timing and identity of one node.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's id (unique in the cluster, never reused).
+    pub id: u64,
+    /// The cluster's name: RPCs from nodes of another cluster are refused.
+    pub cluster: String,
+    /// The address peers reach this node's gRPC server at (`host:port`).
+    pub advertise: String,
+    /// The static seed voters (id → address). A seed node with a pristine store initializes
+    /// the cluster with exactly this membership; a node not in the list waits to be added.
+    pub seeds: BTreeMap<u64, String>,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries (the log before it is purged).
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (a follower lagging less catches up by log).
+    pub keep_after_snapshot: u64,
+    /// How long `propose` and membership calls look for a leader before giving up.
+    pub propose_timeout: Duration,
+    /// Proposals per entry at most.
+    pub max_batch: usize,
+    /// Entries being committed at once per node (the rest wait and batch).
+    pub max_in_flight: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            id: 1,
+            cluster: "strait".into(),
+            advertise: "127.0.0.1:7101".into(),
+            seeds: BTreeMap::new(),
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(150),
+            election_max: Duration::from_millis(300),
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
+            propose_timeout: Duration::from_secs(5),
+            max_batch: 1024,
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The lease a leader keeps after a quorum acknowledged it (see the module doc).
+    pub fn lease(&self) -> Duration {
+        self.election_min.saturating_sub(self.heartbeat).max(self.heartbeat)
+    }
+
+    fn openraft(&self) -> Result<openraft::Config, StartError> {
+        let cfg = openraft::Config {
+            cluster_name: self.cluster.clone(),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_min.as_millis() as u64,
+            election_timeout_max: self.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            install_snapshot_timeout: 10_000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| StartError::Config(e.to_string()))
+    }
+}
+
+/// Who leads, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub state: ServerState,
+    /// Leader: a quorum acknowledged it within the lease. Follower: it heard from the leader
+    /// within the lease. A node without a lease must not act on behalf of the cluster.
+    pub lease: bool,
+}
+
+impl Leadership {
+    pub fn is_leader_with_lease(&self) -> bool {
+        self.state == ServerState::Leader && self.lease
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("raft config: {0}")]
+    Config(String),
+    #[error("raft storage at {dir}: {source}")]
+    Storage { dir: String, source: std::io::Error },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader reachable within {0:?}")]
+    Unavailable(Duration),
+    #[error("this raft node is shut down")]
+    Shutdown,
+    #[error("cannot encode the proposal: {0}")]
+    Encode(String),
+    #[error("raft: {0}")]
+    Fatal(String),
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("applied long ago; its response was pruned")]
+    Expired,
+}
+
+struct Pending<S: StateMachine> {
+    prop: Proposal<S::Command>,
+    tx: oneshot::Sender<Result<S::Response, ProposeError>>,
+}
+
+enum Call {
+    Write(Bytes),
+    Admin(AdminRequest),
+}
+
+struct Inner<S: StateMachine> {
+    cfg: RaftConfig,
+    raft: RaftHandle<S>,
+    sm: StateMachineStore<S>,
+    me: Identity,
+    faults: Arc<Faults>,
+    leadership: watch::Receiver<Leadership>,
+    proposals: mpsc::Sender<Pending<S>>,
+    origin: u64,
+    seq: AtomicU64,
+    peers: Mutex<HashMap<u64, (String, net::pb::raft_client::RaftClient<tonic::transport::Channel>)>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A running Raft member. Cheap to clone; `shutdown` stops it.
+pub struct RaftNode<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: StateMachine> Clone for RaftNode<S> {
+    fn clone(&self) -> Self {
+        RaftNode { inner: self.inner.clone() }
+    }
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Open the store in `dir`, serve gRPC on `listener` (plus the application's `extra`
+    /// services), join or bootstrap the cluster.
+    pub async fn start(
+        cfg: RaftConfig,
+        dir: &Path,
+        listener: tokio::net::TcpListener,
+        extra: Option<tonic::service::Routes>,
+    ) -> Result<RaftNode<S>, StartError> {
+        let span = tracing::info_span!("raft", node = cfg.id);
+        let ocfg = Arc::new(cfg.openraft()?);
+        let (log, sm) =
+            store::open::<S>(dir).map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
+        let me = Identity { cluster: Arc::from(cfg.cluster.as_str()), id: cfg.id };
+        let faults = Arc::new(Faults::default());
+        let network = Network { me: me.clone(), faults: faults.clone(), connect_timeout: cfg.election_min };
+        let raft = openraft::Raft::new(cfg.id, ocfg, network, log, sm.clone())
+            .instrument(span.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        // gRPC server.
+        let svc = net::RaftServer::new(net::Service { raft: raft.clone(), me: me.clone(), faults: faults.clone() })
+            .max_decoding_message_size(net::MAX_MESSAGE)
+            .max_encoding_message_size(net::MAX_MESSAGE);
+        let routes = extra.unwrap_or_default().add_service(svc);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = cancel.clone();
+        tracker.spawn(
+            async move {
+                let r = tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("raft gRPC server stopped: {e}");
+                }
+            }
+            .instrument(span.clone()),
+        );
+
+        // Leadership watch.
+        let initial = Leadership { leader: None, term: 0, state: ServerState::Learner, lease: false };
+        let (ltx, lrx) = watch::channel(initial);
+        tracker.spawn(watch_leadership(raft.clone(), cfg.clone(), ltx, cancel.clone()).instrument(span.clone()));
+
+        let (ptx, prx) = mpsc::channel(cfg.max_batch * 4);
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            raft: raft.clone(),
+            sm,
+            me,
+            faults,
+            leadership: lrx,
+            proposals: ptx,
+            origin: rand::random(),
+            seq: AtomicU64::new(0),
+            peers: Mutex::new(HashMap::new()),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        tracker.spawn(batcher(inner.clone(), prx).instrument(span.clone()));
+
+        // Bootstrap: a seed node with a pristine store initializes with the seed membership.
+        if cfg.seeds.contains_key(&cfg.id) {
+            let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+            if !initialized {
+                let members: BTreeMap<u64, BasicNode> =
+                    cfg.seeds.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+                let _g = span.enter();
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(seeds = ?cfg.seeds, "initialized the cluster from the seed list"),
+                    Err(e) => tracing::info!("not initializing: {e}"),
+                }
+            }
+        } else if !cfg.seeds.is_empty() {
+            tracing::info!(parent: &span, "not a seed: waiting to be added to the cluster");
+        }
+        Ok(RaftNode { inner })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.cfg.id
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.inner.cfg
+    }
+
+    /// The openraft handle (metrics, low-level calls).
+    pub fn raft(&self) -> &RaftHandle<S> {
+        &self.inner.raft
+    }
+
+    /// Injected faults for this node's RPCs (tests).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.inner.faults
+    }
+
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner.leadership.clone()
+    }
+
+    /// Read the locally applied state.
+    pub async fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        self.inner.sm.read(f).await
+    }
+
+    /// Propose one command; resolves with its response once the entry is committed and applied
+    /// (on the leader; on this node the apply may follow shortly after).
+    pub async fn propose(&self, cmd: S::Command) -> Result<S::Response, ProposeError> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let prop = Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd };
+        let (tx, rx) = oneshot::channel();
+        self.inner.proposals.send(Pending { prop, tx }).await.map_err(|_| ProposeError::Shutdown)?;
+        rx.await.map_err(|_| ProposeError::Shutdown)?
+    }
+
+    /// Add `id` at `addr` as a learner (it receives the log, does not vote); returns when it
+    /// has caught up.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), ProposeError> {
+        self.inner.call(Call::Admin(AdminRequest::AddLearner { id, addr })).await.map(|_| ())
+    }
+
+    /// Make the voter set exactly `voters` (learners not named stay learners).
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), ProposeError> {
+        self.inner.call(Call::Admin(AdminRequest::ChangeMembership { voters, retain: false })).await.map(|_| ())
+    }
+
+    /// Promote a learner to voter.
+    pub async fn promote(&self, id: u64) -> Result<(), ProposeError> {
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.change_voters(voters).await
+    }
+
+    /// Remove a node from the cluster (voter or learner).
+    pub async fn remove(&self, id: u64) -> Result<(), ProposeError> {
+        let mut voters = self.voters();
+        voters.remove(&id);
+        self.change_voters(voters).await
+    }
+
+    /// A copy of openraft's metrics for this node.
+    pub fn metrics(&self) -> RaftMetrics<C> {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The current voters as this node knows them.
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.inner.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Every member (voters and learners) with its address.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        let m = self.inner.raft.metrics().borrow_watched().membership_config.clone();
+        m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+    }
+
+    /// Stop serving, stop Raft, wait for every task.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node = self.inner.cfg.id, "raft shutdown: {e}");
+        }
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+async fn watch_leadership<S: StateMachine>(
+    raft: RaftHandle<S>,
+    cfg: RaftConfig,
+    tx: watch::Sender<Leadership>,
+    cancel: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let tick = (cfg.heartbeat / 2).max(Duration::from_millis(5));
+    let lease = cfg.lease();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let (state, leader, term, acked, sole_voter) = {
+            let m = metrics.borrow_watched();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            (m.state, m.current_leader, m.current_term, m.last_quorum_acked, voters == [cfg.id])
+        };
+        let lease_ok = match state {
+            ServerState::Leader => sole_voter || acked.map(|t| t.elapsed() < lease).unwrap_or(false),
+            _ if leader.is_some() => {
+                // Heard from an elected leader (a committed vote) within the lease.
+                let heard = raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await;
+                matches!(heard, Ok((true, Some(t))) if t.elapsed() < lease)
+            }
+            _ => false,
+        };
+        let next = Leadership { leader, term, state, lease: lease_ok };
+        tx.send_if_modified(|cur| {
+            if *cur != next {
+                if cur.lease != next.lease || cur.leader != next.leader {
+                    tracing::info!(leader = ?next.leader, term, state = ?next.state, lease = next.lease, "leadership");
+                }
+                *cur = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Collects proposals into entries. At most `max_in_flight` entries are submitted at a time;
+/// proposals arriving meanwhile wait and form the next batch.
+async fn batcher<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Pending<S>>) {
+    let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let first = tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let mut batch = vec![first];
+        while batch.len() < inner.cfg.max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let inner2 = inner.clone();
+        inner.tracker.spawn(async move {
+            let _permit = permit;
+            inner2.submit(batch).await;
+        });
+    }
+    // Shutting down: everything still queued is answered.
+    rx.close();
+    while let Ok(p) = rx.try_recv() {
+        let _ = p.tx.send(Err(ProposeError::Shutdown));
+    }
+}
+
+impl<S: StateMachine> Inner<S> {
+    async fn submit(&self, batch: Vec<Pending<S>>) {
+        let (props, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.prop, p.tx)).unzip();
+        let result = match encode(&props) {
+            Err(e) => Err(ProposeError::Encode(e.to_string())),
+            Ok(bytes) => self.call(Call::Write(Bytes::from(bytes))).await.and_then(|resp| {
+                decode::<Vec<Applied<S::Response>>>(&resp.data.0).map_err(|e| ProposeError::Fatal(e.to_string()))
+            }),
+        };
+        match result {
+            Ok(responses) => {
+                let mut responses = responses.into_iter();
+                for tx in waiters {
+                    let r = match responses.next() {
+                        Some(Applied::Done(r)) => Ok(r),
+                        Some(Applied::Expired) => Err(ProposeError::Expired),
+                        None => Err(ProposeError::Fatal("fewer responses than proposals".into())),
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                for tx in waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Run `call` on the leader, wherever it is, retrying through leader changes until
+    /// `propose_timeout`. A retried write carries the same request ids, so it applies once.
+    async fn call(&self, call: Call) -> Result<ClientWriteResponse<C>, ProposeError> {
+        let deadline = Instant::now() + self.cfg.propose_timeout;
+        let mut leadership = self.leadership.clone();
+        let mut hint: Option<u64> = None;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(ProposeError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ProposeError::Unavailable(self.cfg.propose_timeout));
+            }
+            let remaining = deadline - now;
+            let leader = hint.take().or_else(|| leadership.borrow().leader);
+            let outcome: Option<WriteResult> = match leader {
+                None => None,
+                Some(l) if l == self.cfg.id => {
+                    let fut = async {
+                        match &call {
+                            Call::Write(b) => self.raft.client_write(Request(b.to_vec())).await,
+                            Call::Admin(AdminRequest::AddLearner { id, addr }) => {
+                                self.raft.add_learner(*id, BasicNode::new(addr.clone()), true).await
+                            }
+                            Call::Admin(AdminRequest::ChangeMembership { voters, retain }) => {
+                                self.raft.change_membership(voters.clone(), *retain).await
+                            }
+                        }
+                    };
+                    tokio::time::timeout(remaining, fut).await.ok()
+                }
+                Some(l) => self.forward(l, &call, remaining.min(Duration::from_secs(2))).await,
+            };
+            match outcome {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(RaftError::APIError(e))) => match e {
+                    ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f) => {
+                        hint = f.leader_id.filter(|l| Some(*l) != leader);
+                    }
+                    ClientWriteError::ChangeMembershipError(e) => return Err(ProposeError::Membership(e.to_string())),
+                    ClientWriteError::PreconditionFailed(e) => return Err(ProposeError::Membership(e.to_string())),
+                },
+                Some(Err(RaftError::Fatal(f))) => {
+                    if leader == Some(self.cfg.id) {
+                        return Err(ProposeError::Fatal(f.to_string()));
+                    }
+                    // A remote leader that is shutting down: look for the next one.
+                }
+                None => {}
+            }
+            if hint.is_none() {
+                // Wait for news of a leader, at most a short backoff.
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let _ = tokio::time::timeout(wait, leadership.changed()).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Forward to leader `l`; None when it could not be asked or did not answer.
+    async fn forward(&self, l: u64, call: &Call, ttl: Duration) -> Option<WriteResult> {
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+        }?;
+        let mut client = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get(&l) {
+                Some((a, c)) if *a == addr => c.clone(),
+                _ => {
+                    let c = net::client(net::channel(&addr, self.cfg.election_min).ok()?);
+                    peers.insert(l, (addr, c.clone()));
+                    c
+                }
+            }
+        };
+        let body = match call {
+            Call::Write(b) => b.clone(),
+            Call::Admin(a) => Bytes::from(encode_raft(a).ok()?),
+        };
+        let req = net::request(&self.me, l, body);
+        let fut = async {
+            match call {
+                Call::Write(_) => client.forward(req).await,
+                Call::Admin(_) => client.admin(req).await,
+            }
+        };
+        match tokio::time::timeout(ttl, fut).await {
+            Ok(Ok(resp)) => match decode_raft::<WriteResult>(resp.get_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(leader = l, "undecodable forward reply: {e}");
+                    None
+                }
+            },
+            Ok(Err(status)) => {
+                tracing::debug!(leader = l, "forward failed: {status}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
