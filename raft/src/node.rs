@@ -100,6 +100,9 @@ impl RaftConfig {
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             install_snapshot_timeout: 10_000,
             enable_pre_vote: Some(true),
+            // Replicate an entry while the leader is still flushing it (the leader and
+            // follower fsyncs overlap instead of adding up).
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         cfg.validate().map_err(|e| StartError::Config(e.to_string()))
