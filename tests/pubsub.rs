@@ -98,7 +98,7 @@ async fn v4_retained_store_deliver_clear_and_flags() {
     // The newest retained message replaced the old one.
     let (s2, mut se2) = v4::client(&n, "later", true).await;
     v4::subscribe(&s2, &mut se2, "r/+", QoS::AtLeastOnce).await;
-    let mut seen = vec![v4::publish_in(&mut se2).await, v4::publish_in(&mut se2).await];
+    let mut seen = [v4::publish_in(&mut se2).await, v4::publish_in(&mut se2).await];
     seen.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(
         seen.iter().map(|m| (m.topic.as_str(), &m.payload[..], m.retain)).collect::<Vec<_>>(),

@@ -82,6 +82,20 @@ fn fdatasync_loop(dir: &std::path::Path, n: usize) -> Stats {
     Stats { ops: n, secs: start.elapsed().as_secs_f64(), lat }
 }
 
+/// What our log store pays per append: a sled insert + flush (sled's own log write + fsync).
+async fn sled_flush_loop(dir: &std::path::Path, n: usize) -> Stats {
+    let db = sled::Config::new().path(dir.join("sled-probe")).open().expect("sled");
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        db.insert(i.to_be_bytes(), &[7u8; 64][..]).expect("insert");
+        db.flush_async().await.expect("flush");
+        lat.push(t.elapsed());
+    }
+    Stats { ops: n, secs: start.elapsed().as_secs_f64(), lat }
+}
+
 async fn proposers(node: &RaftNode<Counter>, concurrency: usize, per: usize) -> Stats {
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -143,6 +157,7 @@ async fn main() {
 
     println!("strait-raft commit benchmark: 3 nodes on 127.0.0.1, sled in {}", root.display());
     fdatasync_loop(&root, 500 * scale).line("floor: 64 B write + fdatasync loop");
+    sled_flush_loop(&root, 500 * scale).await.line("sled insert + flush loop (one log append)");
     proposers(&nodes[&leader], 1, 1000 * scale).await.line("1 sequential proposer on the leader");
     proposers(&nodes[&follower], 1, 500 * scale).await.line("1 sequential proposer on a follower");
     proposers(&nodes[&leader], 64, 300 * scale).await.line("64 concurrent proposers on the leader");

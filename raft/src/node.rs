@@ -511,12 +511,11 @@ impl<S: StateMachine> Inner<S> {
                     ClientWriteError::ChangeMembershipError(e) => return Err(ProposeError::Membership(e.to_string())),
                     ClientWriteError::PreconditionFailed(e) => return Err(ProposeError::Membership(e.to_string())),
                 },
-                Some(Err(RaftError::Fatal(f))) => {
-                    if leader == Some(self.cfg.id) {
-                        return Err(ProposeError::Fatal(f.to_string()));
-                    }
-                    // A remote leader that is shutting down: look for the next one.
+                Some(Err(RaftError::Fatal(f))) if leader == Some(self.cfg.id) => {
+                    return Err(ProposeError::Fatal(f.to_string()));
                 }
+                // A remote leader that is shutting down: look for the next one.
+                Some(Err(RaftError::Fatal(_))) => {}
                 None => {}
             }
             if hint.is_none() {

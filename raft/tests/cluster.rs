@@ -259,3 +259,29 @@ async fn a_node_of_another_cluster_is_refused_and_does_not_disturb() {
     stranger.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_follower_does_not_slow_commits_and_catches_up_when_it_recovers() {
+    let mut c = Cluster::new(3, |_| {}).await;
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    let leader = c.wait_leader(None).await;
+    let slow = *c.nodes.keys().find(|id| **id != leader).expect("follower");
+    // Every RPC between the leader and `slow` takes 400 ms each way (both sides delay).
+    c.node(leader).faults().delay(slow, Duration::from_millis(400));
+    let start = Instant::now();
+    for i in 0..20 {
+        c.node(leader).propose(append("k", i)).await.expect("propose");
+    }
+    let took = start.elapsed();
+    tracing::info!("== 20 sequential commits with a slow follower took {took:?}");
+    assert!(
+        took < Duration::from_millis(800),
+        "commits must not wait for the slow follower (20 commits took {took:?}; one round trip to it is 800 ms)"
+    );
+    c.node(leader).faults().heal();
+    let expect: String = (0..20).map(|i| format!("{i},")).collect();
+    c.wait_all("slow follower caught up", |kv| kv.map.get("k") == Some(&expect)).await;
+    c.shutdown().await;
+}

@@ -78,10 +78,13 @@ async fn log_vote_and_snapshot_survive_reopen() {
     let log_id = |term: u64, index: u64| {
         openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 }, index)
     };
-    let req = strait_raft::Request(strait_raft::encode(&vec![strait_raft::Proposal {
-        id: strait_raft::RequestId { origin: 1, seq: 0 },
-        cmd: Cmd::Set("k".into(), "v".into()),
-    }]).expect("encode"));
+    let req = strait_raft::Request(
+        strait_raft::encode(&vec![strait_raft::Proposal {
+            id: strait_raft::RequestId { origin: 1, seq: 0 },
+            cmd: Cmd::Set("k".into(), "v".into()),
+        }])
+        .expect("encode"),
+    );
     {
         let (mut log, mut sm) = store::open::<Kv>(&dir.0).expect("open");
         let entries: Vec<Entry> =

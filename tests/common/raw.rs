@@ -14,6 +14,7 @@ use super::WAIT;
 
 /// What arrived (or did not) within a wait.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Got {
     Packet(Packet),
     /// The broker closed the connection (EOF or reset).
