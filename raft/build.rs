@@ -28,6 +28,8 @@ fn main() {
         .method(method("forward", "Forward", false))
         .method(method("admin", "Admin", false))
         .build();
-    Builder::new().build_transport(false).compile(&[raft]);
+    // The application's node-to-node data plane: one long-lived client stream per peer.
+    let peer = Service::builder().name("Peer").package("strait.peer").method(method("stream", "Stream", true)).build();
+    Builder::new().build_transport(false).compile(&[raft, peer]);
     println!("cargo:rerun-if-changed=build.rs");
 }

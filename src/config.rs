@@ -296,15 +296,85 @@ pub enum AclVerdict {
 pub struct ClusterConfig {
     /// "strait"
     pub name: String,
-    /// key `cluster.static.seeds`
+    /// key `cluster.static.seeds`: node names, each optionally with its Raft port
+    /// (`node1@127.0.0.1:7101`; without a port, 7101). Empty: no cluster (a single node
+    /// without Raft).
     pub seeds: Vec<String>,
     pub links: Vec<LinkConfig>,
+    pub raft: RaftTiming,
+}
+
+/// key `cluster.raft`: this node's Raft/gRPC listener and the Raft timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RaftTiming {
+    /// key `cluster.raft.bind` (default 0.0.0.0:7101). Peers reach it at the host of
+    /// `node.name` and this port.
+    pub bind: SocketAddr,
+    pub heartbeat_interval: Duration,
+    /// key `cluster.raft.election_timeout`: the minimum; the maximum is twice it.
+    pub election_timeout: Duration,
+    /// key `cluster.raft.snapshot_every`: entries between snapshots.
+    pub snapshot_every: u64,
+    /// key `cluster.raft.commit_timeout`: how long a write needing a commit (CONNECT,
+    /// SUBSCRIBE, retained, QoS>=1 to a persistent session) waits for the cluster.
+    pub commit_timeout: Duration,
+    /// key `cluster.raft.node_down_after`: a node unreachable this long has its sessions
+    /// marked disconnected and their wills published by the leader.
+    pub node_down_after: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            bind: SocketAddr::from(([0, 0, 0, 0], 7101)),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            snapshot_every: 10_000,
+            commit_timeout: Duration::from_secs(5),
+            node_down_after: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { name: "strait".to_string(), seeds: Vec::new(), links: Vec::new() }
+        ClusterConfig { name: "strait".to_string(), seeds: Vec::new(), links: Vec::new(), raft: RaftTiming::default() }
     }
+}
+
+/// A seed (or a node's own identity): its name and Raft address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    pub name: String,
+    pub raft_addr: String,
+}
+
+impl Seed {
+    /// `name@host[:port]` → name `name@host`, Raft address `host:port` (port 7101 when absent).
+    pub fn parse(s: &str) -> Result<Seed, String> {
+        let (name, port) = match s.rsplit_once(':') {
+            Some((n, p)) if !n.contains(']') || n.ends_with(']') => {
+                (n, p.parse::<u16>().map_err(|_| format!("{s:?}: bad Raft port {p:?}"))?)
+            }
+            _ => (s, 7101),
+        };
+        let host = name
+            .split_once('@')
+            .map(|(_, h)| h)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{s:?}: expected name@host[:raft_port], e.g. \"node1@127.0.0.1:7101\""))?;
+        Ok(Seed { name: name.to_string(), raft_addr: format!("{host}:{port}") })
+    }
+}
+
+/// A node's Raft id: a stable hash of its name (FNV-1a, never 0).
+pub fn node_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// One cluster link (to the remote cluster named `name`).
@@ -690,8 +760,21 @@ const LINK: Schema = Schema::Obj(&[
     ("max_inflight", L),
 ]);
 const STATIC: Schema = Schema::Obj(&[("seeds", L)]);
-const CLUSTER: Schema =
-    Schema::Obj(&[("name", L), ("discovery_strategy", L), ("static", STATIC), ("links", Schema::List(&LINK))]);
+const RAFT: Schema = Schema::Obj(&[
+    ("bind", L),
+    ("heartbeat_interval", L),
+    ("election_timeout", L),
+    ("snapshot_every", L),
+    ("commit_timeout", L),
+    ("node_down_after", L),
+]);
+const CLUSTER: Schema = Schema::Obj(&[
+    ("name", L),
+    ("discovery_strategy", L),
+    ("static", STATIC),
+    ("links", Schema::List(&LINK)),
+    ("raft", RAFT),
+]);
 const LOG: Schema = Schema::Obj(&[("level", L)]);
 const ROOT: Schema = Schema::Obj(&[
     ("node", NODE),
@@ -1462,10 +1545,12 @@ fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {
             if s.is_empty() {
                 Err(Fail::new(key, "empty seed"))
             } else {
+                Seed::parse(&s).map_err(|p| Fail::new(key, p))?;
                 Ok(s)
             }
         })
         .collect::<R<Vec<_>>>()?;
+    let raft = decode_raft(&o.sub("raft", &RAFT)?)?;
     let links_key = o.key("links");
     let items: &[Node] = match o.get("links") {
         None => &[],
@@ -1488,7 +1573,34 @@ fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {
         }
         links.push(link);
     }
-    Ok(ClusterConfig { name, seeds, links })
+    Ok(ClusterConfig { name, seeds, links, raft })
+}
+
+fn decode_raft(o: &Obj) -> R<RaftTiming> {
+    let d = RaftTiming::default();
+    let heartbeat_interval = o.duration("heartbeat_interval", d.heartbeat_interval, false)?;
+    let election_timeout = o.duration("election_timeout", d.election_timeout, false)?;
+    if election_timeout < heartbeat_interval * 2 {
+        return Err(Fail::new(
+            o.key("election_timeout"),
+            format!("must be at least twice heartbeat_interval ({heartbeat_interval:?}), got {election_timeout:?}"),
+        ));
+    }
+    let snapshot_every = match o.get("snapshot_every") {
+        None => d.snapshot_every,
+        Some(n) => match as_string(n).and_then(|s| s.parse::<u64>().ok()) {
+            Some(v) if v > 0 => v,
+            _ => return Err(Fail::expected(o.key("snapshot_every"), "a positive integer", n)),
+        },
+    };
+    Ok(RaftTiming {
+        bind: o.bind("bind", Some(d.bind))?,
+        heartbeat_interval,
+        election_timeout,
+        snapshot_every,
+        commit_timeout: o.duration("commit_timeout", d.commit_timeout, false)?,
+        node_down_after: o.duration("node_down_after", d.node_down_after, false)?,
+    })
 }
 
 fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<LinkConfig> {

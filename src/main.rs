@@ -136,7 +136,10 @@ async fn wait_for_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::
 
 fn init_tracing(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // openraft reports every failed heartbeat to an unreachable peer (20 lines a second):
+    // errors only, unless asked for; our own leadership and node-down lines say what matters.
+    let spec = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error") };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(spec));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }
 

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::api;
 use crate::broker::session::Kick;
 use crate::broker::{Broker, BrokerError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::listener::{self, ListenerError};
 use crate::storage::{Storage, StorageError};
@@ -24,6 +25,8 @@ pub enum NodeError {
     Listener(#[from] ListenerError),
     #[error("api.bind: cannot bind {addr}: {source}")]
     ApiBind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 pub struct Node {
@@ -31,6 +34,8 @@ pub struct Node {
     /// Bound MQTT listeners: (name, address), e.g. ("tcp.default", 127.0.0.1:1883).
     pub listeners: Vec<(String, SocketAddr)>,
     pub api_addr: Option<SocketAddr>,
+    /// Membership of a regional cluster (when `cluster.static.seeds` is set).
+    pub cluster: Option<Arc<Cluster>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -45,8 +50,10 @@ impl Node {
             path: cfg.node.data_dir.display().to_string(),
             source: sled::Error::Io(e),
         })?;
-        let storage = Storage::open(&cfg.node.data_dir)?;
-        let broker = Broker::new(&cfg, Some(storage), shutdown.clone())?;
+        let clustered = !cfg.cluster.seeds.is_empty();
+        // In a cluster, Raft (in data_dir/raft) is the store; the single-node sled store is not used.
+        let storage = if clustered { None } else { Some(Storage::open(&cfg.node.data_dir)?) };
+        let broker = Broker::new(&cfg, storage, shutdown.clone())?;
 
         let mut bound = Vec::new();
         for (name, l) in &cfg.listeners.tcp {
@@ -74,6 +81,13 @@ impl Node {
             None
         };
 
+        let cluster = if clustered {
+            let mqtt = bound.iter().filter_map(|b| b.listener.local_addr().ok()).map(|a| a.to_string()).collect();
+            let api = api_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+            Some(Cluster::start(&cfg, broker.clone(), mqtt, api, shutdown.clone(), tracker.clone()).await?)
+        } else {
+            None
+        };
         let mut listeners = Vec::new();
         for b in bound {
             if let Ok(addr) = b.listener.local_addr() {
@@ -92,7 +106,7 @@ impl Node {
             None => None,
         };
         tracker.spawn(broker.clone().run_housekeeping());
-        Ok(Node { broker, listeners, api_addr, shutdown, tracker })
+        Ok(Node { broker, listeners, api_addr, cluster, shutdown, tracker })
     }
 
     /// Address of the listener named e.g. "tcp.default".
@@ -107,6 +121,9 @@ impl Node {
             self.broker.kick(&s.client_id, Kick::Shutdown);
         }
         self.shutdown.cancel();
+        if let Some(c) = &self.cluster {
+            c.raft.shutdown().await;
+        }
         self.tracker.close();
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await.is_err() {
             tracing::warn!("node.shutdown: tasks still running after 5 s");

@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::broker::message::Message;
 use crate::broker::session::SessionRecord;
 
-const FORMAT_VERSION: u8 = 1;
+/// 2: deliveries carry the cluster queue sequence number. Retained messages did not change
+/// (version 1 still decodes); version-1 session records are skipped with a warning.
+const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -48,6 +50,14 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     }
 }
 
+fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
+    match bytes.split_first() {
+        Some((&(1 | FORMAT_VERSION), rest)) => Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0),
+        Some((v, _)) => Err(StorageError::Version(*v)),
+        None => Err(StorageError::Version(0)),
+    }
+}
+
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
         let db = sled::Config::new()
@@ -73,7 +83,11 @@ impl Storage {
     pub fn load_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
         let mut out = Vec::new();
         for kv in self.sessions.iter() {
-            let (_, v) = kv?;
+            let (k, v) = kv?;
+            if v.first() == Some(&1) {
+                tracing::warn!(client_id = %String::from_utf8_lossy(&k), "stored session from an older format (1): dropped");
+                continue;
+            }
             out.push(decode(&v)?);
         }
         Ok(out)
@@ -93,7 +107,7 @@ impl Storage {
         let mut out = Vec::new();
         for kv in self.retained.iter() {
             let (_, v) = kv?;
-            out.push(decode(&v)?);
+            out.push(decode_retained(&v)?);
         }
         Ok(out)
     }

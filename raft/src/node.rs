@@ -197,12 +197,24 @@ impl<S: StateMachine> RaftNode<S> {
         listener: tokio::net::TcpListener,
         extra: Option<tonic::service::Routes>,
     ) -> Result<RaftNode<S>, StartError> {
+        Self::start_with(cfg, dir, listener, extra, S::default(), Arc::new(Faults::default())).await
+    }
+
+    /// `start` with a given empty state machine value (one carrying non-replicated parts such
+    /// as an event sink; snapshots restore into it in place) and a shared fault injector.
+    pub async fn start_with(
+        cfg: RaftConfig,
+        dir: &Path,
+        listener: tokio::net::TcpListener,
+        extra: Option<tonic::service::Routes>,
+        state: S,
+        faults: Arc<Faults>,
+    ) -> Result<RaftNode<S>, StartError> {
         let span = tracing::info_span!("raft", node = cfg.id);
         let ocfg = Arc::new(cfg.openraft()?);
-        let (log, sm) =
-            store::open::<S>(dir).map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
+        let (log, sm) = store::open_with::<S>(dir, state)
+            .map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
         let me = Identity { cluster: Arc::from(cfg.cluster.as_str()), id: cfg.id };
-        let faults = Arc::new(Faults::default());
         let network = Network { me: me.clone(), faults: faults.clone(), connect_timeout: cfg.election_min };
         let raft = openraft::Raft::new(cfg.id, ocfg, network, log, sm.clone())
             .instrument(span.clone())
@@ -337,6 +349,13 @@ impl<S: StateMachine> RaftNode<S> {
     /// A copy of openraft's metrics for this node.
     pub fn metrics(&self) -> RaftMetrics<C> {
         self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    /// On the leader: how long ago each member last acknowledged a heartbeat (None: never).
+    /// None when this node is not the leader.
+    pub fn heartbeat_ages(&self) -> Option<BTreeMap<u64, Option<Duration>>> {
+        let hb = self.inner.raft.metrics().borrow_watched().heartbeat.clone()?;
+        Some(hb.into_iter().map(|(id, t)| (id, t.map(|t| t.elapsed()))).collect())
     }
 
     /// The current voters as this node knows them.

@@ -64,6 +64,9 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: Vec<u32>,
+    /// In a cluster: the message's sequence number in the session's replicated queue (a
+    /// durable delivery to a persistent session); acknowledged through Raft when completed.
+    pub seq: Option<u64>,
 }
 
 impl Delivery {
@@ -74,6 +77,7 @@ impl Delivery {
             qos: msg.qos.min(opts.qos),
             retain: msg.retain && opts.retain_as_published,
             sub_ids,
+            seq: None,
         }
     }
 }

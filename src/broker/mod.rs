@@ -10,13 +10,15 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Acl, AclAction, PasswordFile};
+use crate::cluster::state::{Change, SessionMeta, Snapshot};
+use crate::cluster::{Cluster, Command, Target};
 use crate::config::{Config, MqttConfig};
 use crate::metrics::{inc, Metrics};
 use crate::mqtt::packet::{Protocol, QoS, SubOptions, Will};
@@ -42,6 +44,17 @@ pub struct Broker {
     acl: Option<Acl>,
     conn_ids: AtomicU64,
     pub shutdown: CancellationToken,
+    cluster: OnceLock<Weak<Cluster>>,
+}
+
+/// What a PUBLISH set in motion.
+pub struct Published {
+    /// The fullest connected local subscriber past half its queue bound, if any: the
+    /// publisher's connection waits for it to drain (flow control instead of drops).
+    pub congested: Option<Arc<Session>>,
+    /// In a cluster: what must be committed before the publisher is acknowledged (the retained
+    /// message, durable deliveries to persistent sessions).
+    pub commands: Vec<Command>,
 }
 
 /// Result of attaching a new connection to a session.
@@ -87,6 +100,7 @@ impl Broker {
             acl,
             conn_ids: AtomicU64::new(1),
             shutdown,
+            cluster: OnceLock::new(),
         });
         broker.load()?;
         Ok(broker)
@@ -241,6 +255,21 @@ impl Broker {
                 // within the will delay, so the delayed will is not sent.
             }
         }
+        if let Some(c) = self.cluster() {
+            let owner = session.owner.load(Ordering::Acquire);
+            if owner != c.id {
+                // Taken over by another node: the session lives on there; our object is its stub.
+                end_session = false;
+            } else {
+                let (expiry, epoch) = (session.lock().expiry_interval, session.epoch.load(Ordering::Acquire));
+                c.commit_detached(vec![Command::Disconnect {
+                    client_id: session.client_id.to_string(),
+                    epoch,
+                    at_ms: now,
+                    expiry_interval: expiry,
+                }]);
+            }
+        }
         if end_session {
             let mut sessions = self.lock_sessions();
             if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
@@ -272,7 +301,17 @@ impl Broker {
             publisher: client_id.into(),
             expires_at_ms,
         };
-        self.publish(Arc::new(msg));
+        let p = self.publish(Arc::new(msg));
+        if let Some(c) = self.cluster() {
+            if !p.commands.is_empty() {
+                c.commit_detached(p.commands);
+            }
+        }
+    }
+
+    /// Publish the will of a session whose node died (called by the cluster leader).
+    pub fn publish_will_cluster(&self, client_id: &str, will: Will) {
+        self.publish_will(client_id, will);
     }
 
     /// Whether `session` is still the registered session of its client id (not replaced by a
@@ -302,16 +341,22 @@ impl Broker {
     /// Route a message to every matching session (and store/clear it when retained).
     /// Returns the fullest connected session whose queue is past half its bound, if any: the
     /// publisher's connection then waits for it to drain (flow control instead of drops).
-    pub fn publish(&self, msg: Arc<Message>) -> Option<Arc<Session>> {
+    pub fn publish(&self, msg: Arc<Message>) -> Published {
+        let cluster = self.cluster();
+        let mut commands = Vec::new();
         if msg.retain {
-            self.retain(&msg);
+            match &cluster {
+                Some(_) => commands.push(Command::Retain { msg: (*msg).clone() }),
+                None => self.retain(&msg),
+            }
         }
         let mut matches = Vec::new();
         self.router.matches(&msg.topic, &mut matches);
         if matches.is_empty() {
             inc(&self.metrics.messages_no_subscribers);
-            return None;
+            return Published { congested: None, commands };
         }
+        let mut targets: Vec<Target> = Vec::new();
         // Overlapping non-shared subscriptions of one session yield one delivery with the
         // highest QoS and all subscription identifiers (MQTT-3.3.4-2/-3/-5).
         matches.sort_by_key(|m| (Arc::as_ptr(&m.session) as usize, m.shared));
@@ -334,14 +379,41 @@ impl Broker {
                 }
             }
             if !(opts.no_local && !m.shared && *m.session.client_id == *msg.publisher) {
-                let depth = self.offer(&m.session, Delivery::live(&msg, &opts, ids));
+                let d = Delivery::live(&msg, &opts, ids);
+                if let Some(c) = &cluster {
+                    // QoS>=1 to a persistent session, wherever it lives: through Raft.
+                    if d.qos != QoS::AtMostOnce && m.session.lock().is_persistent() {
+                        targets.push(Target {
+                            client_id: m.session.client_id.to_string(),
+                            qos: d.qos,
+                            retain: d.retain,
+                            sub_ids: d.sub_ids,
+                        });
+                        i = j;
+                        continue;
+                    }
+                    let owner = m.session.owner.load(Ordering::Acquire);
+                    if owner != c.id {
+                        c.forward(owner, &m.session.client_id, &d);
+                        i = j;
+                        continue;
+                    }
+                }
+                let depth = self.offer(&m.session, d);
                 if depth > half && m.session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
                     congested = Some((depth, m.session.clone()));
                 }
             }
             i = j;
         }
-        congested.map(|(_, s)| s)
+        if !targets.is_empty() {
+            if let Some(c) = &cluster {
+                c.metrics.enqueued.fetch_add(targets.len() as u64, Ordering::Relaxed);
+            }
+            let limit = self.mqtt.max_mqueue_len.min(u32::MAX as usize) as u32;
+            commands.push(Command::Enqueue { msg: (*msg).clone(), targets, limit });
+        }
+        Published { congested: congested.map(|(_, s)| s), commands }
     }
 
     /// Wait (bounded by `max`) until `session`'s queue is below a quarter of its bound.
@@ -501,7 +573,8 @@ impl Broker {
                     }
                 }
             }
-            if let Some(since) = st.disconnected_at_ms {
+            if let Some(since) = st.disconnected_at_ms.filter(|_| self.cluster.get().is_none()) {
+                // (In a cluster the leader expires sessions, once, through Raft.)
                 if st.expiry_interval != u32::MAX && since + u64::from(st.expiry_interval) * 1000 <= now {
                     if let Some((w, _)) = st.pending_will.take() {
                         wills.push((s.client_id.clone(), w));
@@ -564,6 +637,216 @@ impl Broker {
             }
         }
     }
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Cluster view: the broker's sessions, router and retained messages follow the replicated state.
+// ---------------------------------------------------------------------------------------------
+
+impl Broker {
+    pub fn set_cluster(&self, c: &Arc<Cluster>) {
+        let _ = self.cluster.set(Arc::downgrade(c));
+    }
+
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().and_then(Weak::upgrade)
+    }
+
+    /// Apply committed changes (called by the cluster's applier task, in commit order).
+    pub fn cluster_apply(&self, changes: Vec<Change>) {
+        let Some(me) = self.cluster().map(|c| c.id) else { return };
+        for c in changes {
+            match c {
+                Change::Reset(snap) => self.cluster_reset(*snap, me),
+                Change::Nodes(_) => {}
+                Change::Session { client_id, entry, fresh, queue } => {
+                    self.apply_session(&client_id, entry, fresh, queue, me);
+                }
+                Change::Subscription { client_id, filter, sub } => {
+                    let Some(s) = self.session(&client_id) else { continue };
+                    match sub {
+                        Some(sub) => {
+                            s.lock().subscriptions.insert(filter.clone(), sub.clone());
+                            self.route_add(&s, &filter, &sub);
+                        }
+                        None => {
+                            if s.lock().subscriptions.remove(&filter).is_some() {
+                                self.route_remove(&s, &filter);
+                            }
+                        }
+                    }
+                }
+                Change::Retained { topic, msg } => self.set_retained(topic, msg),
+                Change::Queued { client_id, owner, delivery, .. } => {
+                    if owner == me {
+                        if let Some(s) = self.session(&client_id) {
+                            // Durable: bounded by the replicated queue's limit, not dropped here.
+                            session_offer_durable(&s, delivery);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_retained(&self, topic: Arc<str>, msg: Option<Arc<Message>>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => {
+                retained.insert(topic, m);
+            }
+            None => {
+                retained.remove(&topic);
+            }
+        }
+        self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
+    }
+
+    fn apply_session(
+        &self,
+        client_id: &str,
+        entry: Option<SessionMeta>,
+        fresh: bool,
+        queue: Vec<(u64, Delivery)>,
+        me: u64,
+    ) {
+        let Some(meta) = entry else {
+            // The session ended (expired, removed, or a non-persistent session disconnected).
+            let mut sessions = self.lock_sessions();
+            let Some(s) = sessions.remove(client_id) else { return };
+            self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+            drop(sessions);
+            let will = {
+                let mut st = s.lock();
+                if let Some(conn) = st.conn.take() {
+                    let _ = conn.kick.try_send(Kick::TakenOver);
+                }
+                st.pending_will.take()
+            };
+            self.discard(&s);
+            if let Some((w, _)) = will {
+                self.publish_will(client_id, w);
+            }
+            return;
+        };
+        let s = {
+            let mut sessions = self.lock_sessions();
+            let s = match sessions.get(client_id).cloned() {
+                Some(old) if fresh => {
+                    if let Some(conn) = old.lock().conn.take() {
+                        let _ = conn.kick.try_send(Kick::TakenOver);
+                    }
+                    self.discard(&old);
+                    let s = Session::new(client_id.into(), meta.protocol, now_ms());
+                    sessions.insert(s.client_id.clone(), s.clone());
+                    s
+                }
+                Some(old) => old,
+                None => {
+                    let s = Session::new(client_id.into(), meta.protocol, now_ms());
+                    sessions.insert(s.client_id.clone(), s.clone());
+                    s
+                }
+            };
+            self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+            s
+        };
+        let prev_owner = s.owner.swap(meta.owner, Ordering::AcqRel);
+        s.epoch.store(meta.epoch, Ordering::Release);
+        let mut st = s.lock();
+        st.protocol = meta.protocol;
+        if meta.owner != me {
+            // A stub: the owner node holds the connection, queue and inflight window.
+            st.expiry_interval = meta.expiry_interval;
+            s.set_connected(meta.connected);
+            if let Some(conn) = st.conn.take() {
+                let _ = conn.kick.try_send(Kick::TakenOver);
+                tracing::info!(client_id, owner = meta.owner, "session.taken_over_by_another_node");
+            }
+            st.queue.clear();
+            st.inflight.clear();
+            st.awaiting_rel.clear();
+            st.pending_will = None;
+        } else if prev_owner != me {
+            // Ours now: what the client has not acknowledged comes from the replicated queue.
+            st.expiry_interval = meta.expiry_interval;
+            st.inflight.clear();
+            st.queue = queue.into_iter().map(|(_, d)| d).collect();
+            drop(st);
+            s.notify.notify_one();
+        }
+    }
+
+    fn cluster_reset(&self, snap: Snapshot, me: u64) {
+        tracing::info!(view = snap.view, sessions = snap.sessions.len(), "cluster: view reset from a snapshot");
+        let gone: Vec<String> = self
+            .sessions()
+            .iter()
+            .filter(|s| !snap.sessions.contains_key(&*s.client_id))
+            .map(|s| s.client_id.to_string())
+            .collect();
+        for id in gone {
+            self.apply_session(&id, None, false, Vec::new(), me);
+        }
+        for (id, e) in &snap.sessions {
+            let queue = e.queue.iter().map(|(k, v)| (*k, v.clone())).collect();
+            self.apply_session(id, Some(SessionMeta::from(e)), false, queue, me);
+            let Some(s) = self.session(id) else { continue };
+            let current: Vec<String> = s.lock().subscriptions.keys().cloned().collect();
+            for f in current {
+                if !e.subscriptions.contains_key(&f) {
+                    s.lock().subscriptions.remove(&f);
+                    self.route_remove(&s, &f);
+                }
+            }
+            for (f, sub) in &e.subscriptions {
+                s.lock().subscriptions.insert(f.clone(), sub.clone());
+                self.route_add(&s, f, sub);
+            }
+        }
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        retained.clear();
+        for (t, m) in snap.retained {
+            retained.insert(t.into(), Arc::new(m));
+        }
+        self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
+    }
+
+    /// A delivery forwarded by another node for a session owned here.
+    pub fn deliver_forwarded(&self, client_id: &str, d: Delivery) {
+        let Some(s) = self.session(client_id) else { return };
+        let me = self.cluster().map(|c| c.id).unwrap_or(0);
+        if s.owner.load(Ordering::Acquire) == me {
+            self.offer(&s, d);
+        }
+    }
+
+    /// Attach a connection to a session whose CONNECT was committed (the applier prepared the
+    /// session object: fresh or resumed, owned here).
+    pub fn attach_cluster(&self, client_id: &str, protocol: Protocol, expiry_interval: u32) -> Option<Attached> {
+        let session = self.session(client_id)?;
+        let conn_id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, kick_rx) = mpsc::channel(2);
+        {
+            let mut st = session.lock();
+            if let Some(conn) = st.conn.take() {
+                let _ = conn.kick.try_send(Kick::TakenOver);
+                tracing::info!(client_id, "session.taken_over");
+            }
+            st.protocol = protocol;
+            st.conn = Some(ConnHandle { conn_id, kick: kick_tx });
+            st.expiry_interval = expiry_interval;
+            st.disconnected_at_ms = None;
+            st.pending_will = None;
+        }
+        session.set_connected(true);
+        Some(Attached { session, session_present: false, conn_id, kick_rx })
+    }
+}
+
+fn session_offer_durable(s: &Arc<Session>, d: Delivery) {
+    let _ = s.enqueue(d, usize::MAX, true);
 }
 
 /// QoS a broker grants: the requested one capped by `max_qos_allowed`.

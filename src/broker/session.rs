@@ -89,6 +89,12 @@ pub struct Session {
     connected: AtomicBool,
     pub created_at_ms: u64,
     pub dropped: AtomicU64,
+    /// In a cluster: the node that owns the session (serves its connection); 0 outside a
+    /// cluster. A session owned by another node is a stub: its subscriptions route messages
+    /// here, its deliveries go to the owner.
+    pub owner: AtomicU64,
+    /// In a cluster: the epoch of the CONNECT that made the current owner's connection.
+    pub epoch: AtomicU64,
 }
 
 impl Session {
@@ -116,6 +122,8 @@ impl Session {
             connected: AtomicBool::new(false),
             created_at_ms,
             dropped: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         })
     }
 

@@ -9,14 +9,14 @@
 //! Owned by the listener's accept loop (one task per connection). The task owns the socket; it
 //! takes the session lock briefly to move messages between the session queue and its write buffer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -24,6 +24,7 @@ use crate::auth::AclAction;
 use crate::broker::message::{now_ms, Delivery, Message};
 use crate::broker::session::{Inflight, Kick, Session};
 use crate::broker::{granted_qos, Broker};
+use crate::cluster::{Command, Response};
 use crate::metrics::inc;
 use crate::mqtt::codec::{self, CodecError};
 use crate::mqtt::packet::{reason, *};
@@ -34,6 +35,26 @@ const HIGH_WATER: usize = 64 * 1024;
 /// Read buffer of an idle connection; a connection whose reads fill it gets `BUSY_READ`.
 const IDLE_READ: usize = 512;
 const BUSY_READ: usize = 16 * 1024;
+/// Acknowledgements waiting for a cluster commit before this connection stops reading.
+const PENDING_MAX: usize = 256;
+
+type Commit = oneshot::Receiver<Result<Vec<Response>, String>>;
+
+/// An acknowledgement in the order MQTT requires (the order of the packets it answers).
+enum Pending {
+    Ready(Packet),
+    /// Waiting for a cluster commit; then `then` is sent.
+    Wait(Commit, After),
+}
+
+enum After {
+    /// PUBACK / PUBREC for an inbound PUBLISH (QoS 2: awaiting PUBREL from then on).
+    Publish { pkid: u16, qos: QoS, code: u8 },
+    /// SUBACK; `committed` are the positions whose subscriptions were proposed, `retained`
+    /// what to send after it (filter, granted QoS, subscription id, only if new).
+    SubAck { packet_id: u16, codes: Vec<u8>, committed: Vec<usize>, retained: Vec<(String, QoS, Option<u32>)> },
+    UnsubAck { packet_id: u16, codes: Vec<u8>, committed: Vec<usize> },
+}
 
 /// Why the packet loop ended.
 enum Close {
@@ -101,6 +122,8 @@ struct Live {
     /// A connected subscriber whose queue this connection's publishes filled past half: stop
     /// reading until it drains (TCP backpressure on the publisher instead of drops).
     throttle: Option<Arc<Session>>,
+    /// Acknowledgements in order, some waiting for cluster commits.
+    pending: VecDeque<Pending>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
@@ -246,7 +269,61 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let client_window = c.properties.receive_maximum.unwrap_or(u16::MAX).min(cfg.max_inflight).max(1);
         let max_out = c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX);
 
-        let attached = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
+        let attached = match self.broker.cluster() {
+            None => self.broker.attach(&client_id, c.protocol, c.clean_start, expiry),
+            Some(cluster) => {
+                // In a cluster the session's ownership is committed first; a node without a
+                // leader (partitioned minority) refuses.
+                let refuse = |why: String| {
+                    tracing::info!(peer = %self.peer, client_id = %client_id, why, "conn.refused: server unavailable");
+                };
+                let mut present = false;
+                let mut ok = cluster.available();
+                if !ok {
+                    refuse("no leader with a valid lease".into());
+                } else {
+                    let cmd = Command::Connect {
+                        client_id: client_id.clone(),
+                        node: cluster.id,
+                        protocol: c.protocol,
+                        clean_start: c.clean_start,
+                        expiry_interval: expiry,
+                        will: c.will.clone(),
+                    };
+                    match cluster.commit_wait(vec![cmd]).await {
+                        Ok(rs) => {
+                            if let Some(crate::cluster::Outcome::Connected { present: p, .. }) =
+                                rs.into_iter().next().map(|r| r.outcome)
+                            {
+                                present = p;
+                            }
+                        }
+                        Err(e) => {
+                            ok = false;
+                            refuse(e);
+                        }
+                    }
+                }
+                let attached = if ok { self.broker.attach_cluster(&client_id, c.protocol, expiry) } else { None };
+                match attached {
+                    Some(mut a) => {
+                        a.session_present = present;
+                        a
+                    }
+                    None => {
+                        inc(&self.broker.metrics.connections_refused);
+                        let ack = ConnAck {
+                            session_present: false,
+                            code: reason::SERVER_UNAVAILABLE,
+                            properties: Properties::default(),
+                        };
+                        codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
+                        self.flush_now().await;
+                        return None;
+                    }
+                }
+            }
+        };
         {
             let mut st = attached.session.lock();
             st.window = client_window;
@@ -293,6 +370,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             problem_info: c.properties.request_problem_information != Some(0),
             connect_expiry: expiry,
             throttle: None,
+            pending: VecDeque::new(),
         };
         if attached.session_present {
             self.resend_inflight(&live);
@@ -337,14 +415,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             if self.outbuf.len() < HIGH_WATER {
                 self.fill_outbound(live);
             }
+            let waiting = matches!(live.pending.front(), Some(Pending::Wait(..)));
+            let reading = live.pending.len() < PENDING_MAX;
             tokio::select! {
                 biased;
                 k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::TakenOver)),
+                r = front_commit(&mut live.pending), if waiting => {
+                    if let Some(close) = self.resolve_front(live, r) {
+                        return close;
+                    }
+                    if let Some(close) = self.process_input(live, max) {
+                        return close;
+                    }
+                }
                 r = self.wr.write_buf(&mut self.outbuf), if !self.outbuf.is_empty() => match r {
                     Ok(0) | Err(_) => return Close::Abnormal,
                     Ok(n) => { self.broker.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed); }
                 },
-                r = self.rd.read_buf(&mut self.inbuf) => match r {
+                r = self.rd.read_buf(&mut self.inbuf), if reading => match r {
                     Ok(0) | Err(_) => return Close::Abnormal,
                     Ok(n) => {
                         self.broker.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -375,8 +463,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     if let Some(close) = self.handle(live, p) {
                         return Some(close);
                     }
-                    if live.throttle.is_some() {
-                        // Leave the rest in the buffer until the slow subscriber drains.
+                    if live.throttle.is_some() || live.pending.len() >= PENDING_MAX {
+                        // Leave the rest in the buffer until the slow subscriber drains (or
+                        // the cluster commits what is pending).
                         return None;
                     }
                 }
@@ -395,37 +484,121 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         }
     }
 
-    fn send(&mut self, live: &Live, p: Packet) {
-        codec::encode(&p, live.protocol, &mut self.outbuf);
+    /// Send an acknowledgement: now, or behind those still waiting for a commit.
+    fn send(&mut self, live: &mut Live, p: Packet) {
+        if live.pending.is_empty() {
+            codec::encode(&p, live.protocol, &mut self.outbuf);
+        } else {
+            live.pending.push_back(Pending::Ready(p));
+        }
+    }
+
+    /// A durable (cluster-queued) delivery was completed by the client: commit its ack.
+    fn durable_done(&self, live: &Live, seq: Option<u64>) {
+        if let (Some(seq), Some(c)) = (seq, self.broker.cluster()) {
+            c.ack(&live.client_id, seq);
+        }
+    }
+
+    /// The commit at the front of the pending queue finished: send its acknowledgement and
+    /// everything ready behind it.
+    fn resolve_front(&mut self, live: &mut Live, r: Result<Vec<Response>, String>) -> Option<Close> {
+        let Some(Pending::Wait(_, after)) = live.pending.pop_front() else { return None };
+        let failed = r.as_ref().err().cloned();
+        match after {
+            After::Publish { pkid, qos, code } => {
+                if let Some(e) = failed {
+                    // Not acknowledged: the client must resend it (to a node that can commit).
+                    tracing::info!(peer = %self.peer, error = %e, "publish not committed");
+                    return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
+                }
+                match qos {
+                    QoS::AtLeastOnce => codec::encode(&Packet::PubAck(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf),
+                    _ => {
+                        {
+                            let mut st = live.session.lock();
+                            st.awaiting_rel.insert(pkid);
+                            st.dirty = true;
+                        }
+                        codec::encode(&Packet::PubRec(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf);
+                    }
+                }
+            }
+            After::SubAck { packet_id, mut codes, committed, retained } => {
+                if failed.is_some() {
+                    for i in committed {
+                        codes[i] = reason::UNSPECIFIED_ERROR;
+                    }
+                }
+                let ack = SubAck { packet_id, codes, properties: Properties::default() };
+                codec::encode(&Packet::SubAck(ack), live.protocol, &mut self.outbuf);
+                if failed.is_none() {
+                    for (inner, granted, sub_id) in retained {
+                        for m in self.broker.retained_matching(&inner) {
+                            let qos = m.qos.min(granted);
+                            let d = Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect(), seq: None };
+                            self.broker.offer(&live.session, d);
+                        }
+                    }
+                }
+            }
+            After::UnsubAck { packet_id, mut codes, committed } => {
+                if failed.is_some() {
+                    for i in committed {
+                        codes[i] = reason::UNSPECIFIED_ERROR;
+                    }
+                }
+                let ack = UnsubAck { packet_id, codes, properties: Properties::default() };
+                codec::encode(&Packet::UnsubAck(ack), live.protocol, &mut self.outbuf);
+            }
+        }
+        while let Some(Pending::Ready(_)) = live.pending.front() {
+            if let Some(Pending::Ready(p)) = live.pending.pop_front() {
+                codec::encode(&p, live.protocol, &mut self.outbuf);
+            }
+        }
+        None
     }
 
     fn handle(&mut self, live: &mut Live, p: Packet) -> Option<Close> {
         match p {
             Packet::Publish(p) => return self.on_publish(live, p),
             Packet::PubAck(r) => {
-                let mut st = live.session.lock();
-                if st.inflight.get(&r.packet_id).is_some_and(|i| i.delivery.qos == QoS::AtLeastOnce) {
-                    st.inflight.remove(&r.packet_id);
-                    st.dirty = true;
-                }
+                let done = {
+                    let mut st = live.session.lock();
+                    if st.inflight.get(&r.packet_id).is_some_and(|i| i.delivery.qos == QoS::AtLeastOnce) {
+                        st.dirty = true;
+                        st.inflight.remove(&r.packet_id).and_then(|i| i.delivery.seq)
+                    } else {
+                        None
+                    }
+                };
+                self.durable_done(live, done);
             }
             Packet::PubRec(r) => {
-                let code = {
+                let (code, seq) = {
                     let mut st = live.session.lock();
                     st.dirty = true;
                     match st.inflight.get_mut(&r.packet_id) {
                         Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
+                            let seq = i.delivery.seq;
                             if r.code >= 0x80 {
                                 st.inflight.remove(&r.packet_id);
-                                return None;
+                                (None, seq)
+                            } else {
+                                i.released = true;
+                                (Some(reason::SUCCESS), seq)
                             }
-                            i.released = true;
-                            reason::SUCCESS
                         }
-                        _ => reason::PACKET_IDENTIFIER_NOT_FOUND,
+                        _ => (Some(reason::PACKET_IDENTIFIER_NOT_FOUND), None),
                     }
                 };
-                self.send(live, Packet::PubRel(PubResp::new(r.packet_id, code)));
+                // The client has the message: a durable copy is acknowledged now, so a node
+                // taking the session over does not send it a second time.
+                self.durable_done(live, seq);
+                if let Some(code) = code {
+                    self.send(live, Packet::PubRel(PubResp::new(r.packet_id, code)));
+                }
             }
             Packet::PubComp(r) => {
                 let mut st = live.session.lock();
@@ -445,6 +618,36 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             Packet::Subscribe(s) => return self.on_subscribe(live, s),
             Packet::Unsubscribe(u) => {
+                if let Some(c) = self.broker.cluster() {
+                    let epoch = live.session.epoch.load(std::sync::atomic::Ordering::Acquire);
+                    let mut codes = Vec::new();
+                    let mut committed = Vec::new();
+                    let mut cmds = Vec::new();
+                    for f in &u.filters {
+                        if live.session.lock().subscriptions.contains_key(f) {
+                            committed.push(codes.len());
+                            codes.push(reason::SUCCESS);
+                            cmds.push(Command::Unsubscribe {
+                                client_id: live.client_id.to_string(),
+                                epoch,
+                                filter: f.clone(),
+                            });
+                        } else {
+                            codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+                        }
+                    }
+                    if !cmds.is_empty() {
+                        let rx = c.commit(cmds);
+                        live.pending.push_back(Pending::Wait(
+                            rx,
+                            After::UnsubAck { packet_id: u.packet_id, codes, committed },
+                        ));
+                        return None;
+                    }
+                    let ack = UnsubAck { packet_id: u.packet_id, codes, properties: Properties::default() };
+                    self.send(live, Packet::UnsubAck(ack));
+                    return None;
+                }
                 let codes = u
                     .filters
                     .iter()
@@ -539,10 +742,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else {
             let topic: Arc<str> = p.topic.as_str().into();
             let msg = Message::from_publish(p, topic, live.client_id.clone());
-            if let Some(slow) = self.broker.publish(Arc::new(msg)) {
+            let published = self.broker.publish(Arc::new(msg));
+            if let Some(slow) = published.congested {
                 // Never wait on our own queue: only this task drains it.
                 if !Arc::ptr_eq(&slow, &live.session) {
                     live.throttle = Some(slow);
+                }
+            }
+            if !published.commands.is_empty() {
+                if let Some(c) = self.broker.cluster() {
+                    if qos == QoS::AtMostOnce {
+                        c.commit_detached(published.commands);
+                    } else {
+                        // Acknowledged only once committed (and in order with other acks).
+                        let rx = c.commit(published.commands);
+                        live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos, code }));
+                        return None;
+                    }
                 }
             }
         }
@@ -567,6 +783,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let cluster = self.broker.cluster();
+        let epoch = live.session.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let mut cmds = Vec::new();
+        let mut committed = Vec::new();
+        let mut after_retained = Vec::new();
         for f in &s.filters {
             let shared = topic::parse_shared(&f.filter);
             let inner = match shared {
@@ -596,13 +817,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             } else {
                 let granted = granted_qos(f.options.qos, cfg.max_qos_allowed);
                 let opts = SubOptions { qos: granted, ..f.options };
-                let new = self.broker.subscribe(&live.session, &f.filter, opts, sub_id);
+                let new = match &cluster {
+                    None => self.broker.subscribe(&live.session, &f.filter, opts, sub_id),
+                    Some(_) => {
+                        // Committed before SUBACK; the router follows from the commit.
+                        let new = !live.session.lock().subscriptions.contains_key(&f.filter);
+                        let sub = crate::broker::session::Subscription { opts, id: sub_id };
+                        cmds.push(Command::Subscribe {
+                            client_id: live.client_id.to_string(),
+                            epoch,
+                            filter: f.filter.clone(),
+                            sub,
+                        });
+                        committed.push(codes.len());
+                        new
+                    }
+                };
                 let send_retained =
                     shared.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new));
-                if send_retained {
+                if send_retained && cluster.is_some() {
+                    after_retained.push((inner.to_string(), granted, sub_id));
+                } else if send_retained {
                     for m in self.broker.retained_matching(inner) {
                         let qos = m.qos.min(granted);
-                        retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect() });
+                        retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect(), seq: None });
                     }
                 }
                 granted.as_u8()
@@ -611,6 +849,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 tracing::debug!(filter = %f.filter, code, "subscribe.refused");
             }
             codes.push(if !v5 && code >= 0x80 { 0x80 } else { code });
+        }
+        if let Some(c) = cluster.filter(|_| !cmds.is_empty()) {
+            let rx = c.commit(cmds);
+            live.pending.push_back(Pending::Wait(
+                rx,
+                After::SubAck { packet_id: s.packet_id, codes, committed, retained: after_retained },
+            ));
+            return None;
         }
         self.send(live, Packet::SubAck(SubAck { packet_id: s.packet_id, codes, properties: Properties::default() }));
         for d in retained {
@@ -689,6 +935,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         })
         .await;
         self.outbuf.clear();
+    }
+}
+
+/// The result of the commit at the front of the queue (never resolves if there is none).
+async fn front_commit(pending: &mut VecDeque<Pending>) -> Result<Vec<Response>, String> {
+    match pending.front_mut() {
+        Some(Pending::Wait(rx, _)) => rx.await.unwrap_or_else(|_| Err("node shutting down".into())),
+        _ => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! stream, never the Raft core. [`Faults`] drops or delays RPCs to and from chosen peers (tests).
 
 pub mod codec;
+pub mod peer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

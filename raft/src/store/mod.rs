@@ -14,8 +14,13 @@ use crate::StateMachine;
 
 /// Open (or create) the node's storage at `dir`.
 pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
+    open_with(dir, S::default())
+}
+
+/// Open with a given (empty) state machine value: one that carries non-replicated parts.
+pub fn open_with<S: StateMachine>(dir: &Path, sm: S) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
     let db = sled::Config::new().path(dir).open().map_err(std::io::Error::other)?;
     let log = LogStore::new(&db)?;
-    let sm = StateMachineStore::new(&db)?;
+    let sm = StateMachineStore::new(&db, sm)?;
     Ok((log, sm))
 }

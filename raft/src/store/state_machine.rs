@@ -66,19 +66,19 @@ impl<S: StateMachine> Inner<S> {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), io::Error> {
         let (dedup, app): (Dedup<S::Response>, Vec<u8>) = decode(bytes)?;
-        let mut sm = S::default();
-        sm.restore(&app).map_err(io::Error::other)?;
-        self.sm = sm;
+        // In place: the application's state machine may carry non-replicated parts (an event
+        // sink) that a fresh `S::default()` would lose; `restore` replaces all replicated state.
+        self.sm.restore(&app).map_err(io::Error::other)?;
         self.dedup = dedup;
         Ok(())
     }
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
-    pub fn new(db: &sled::Db) -> Result<Self, io::Error> {
+    pub fn new(db: &sled::Db, sm: S) -> Result<Self, io::Error> {
         let tree = db.open_tree("snapshot").map_err(io)?;
         let mut inner = Inner {
-            sm: S::default(),
+            sm,
             dedup: Dedup::default(),
             last_applied: None,
             membership: StoredMembershipOf::<C>::default(),

@@ -1,0 +1,476 @@
+//! One broker across N nodes: the node's membership in its regional cluster.
+//!
+//! - `state.rs`: the replicated state (membership, session registry with subscriptions and
+//!   durable queues, retained messages) and its `Command`s, on `strait-raft`.
+//! - Every node keeps a full view of the registry in its broker: sessions owned here are served
+//!   by local connections; sessions owned elsewhere are stubs whose subscriptions sit in the
+//!   local router, so a PUBLISH on any node matches every subscriber of the cluster exactly as on
+//!   one node (QoS, retain flags, subscription ids, no-local; a shared group picks one member of
+//!   the whole cluster).
+//! - Delivery: to a session owned by another node over the data plane (one gRPC stream per peer,
+//!   batched, in publisher order); QoS>=1 to a persistent session through Raft (`Enqueue`,
+//!   committed before the publisher's ack; the owner delivers on apply; the client's ack is
+//!   committed as `Ack`), so an acknowledged message is never only in one node's memory.
+//! - The leader expires sessions and, when a node stays unreachable, marks its sessions
+//!   disconnected and publishes their wills.
+
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strait_raft::net::peer::{self, PeerHandler, PeerSender};
+use strait_raft::net::Identity;
+use strait_raft::{Faults, Leadership, ProposeError, RaftConfig, RaftNode, ServerState};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::broker::message::{now_ms, Delivery};
+use crate::broker::Broker;
+use crate::config::{node_id, Config, Seed};
+
+pub use state::{ClusterState, Command, NodeInfo, Outcome, Response, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.static.seeds: {0}")]
+    Seeds(String),
+    #[error("cluster.raft.bind: cannot bind {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Raft(#[from] strait_raft::StartError),
+}
+
+/// Counters for /metrics.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub proposals: AtomicU64,
+    pub proposal_failures: AtomicU64,
+    pub commit_latency_us_sum: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub forward_dropped: AtomicU64,
+    pub received: AtomicU64,
+    pub enqueued: AtomicU64,
+    pub acks: AtomicU64,
+}
+
+pub struct Cluster {
+    pub id: u64,
+    pub node_name: String,
+    pub cluster_name: String,
+    pub raft: RaftNode<ClusterState>,
+    view: watch::Receiver<u64>,
+    peers: Mutex<HashMap<u64, Arc<PeerSender>>>,
+    acks: mpsc::UnboundedSender<(Arc<str>, u64)>,
+    pub commit_timeout: Duration,
+    node_down_after: Duration,
+    me: Identity,
+    faults: Arc<Faults>,
+    broker: Arc<Broker>,
+    pub metrics: ClusterMetrics,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The data plane's receiving side: deliveries for sessions owned here.
+struct Receiver {
+    broker: Weak<Broker>,
+}
+
+impl PeerHandler for Receiver {
+    fn on_item(&self, from: u64, item: Bytes) {
+        let Some(broker) = self.broker.upgrade() else { return };
+        match bincode::serde::decode_from_slice::<(String, Delivery), _>(&item, bincode::config::standard()) {
+            Ok(((client_id, d), _)) => broker.deliver_forwarded(&client_id, d),
+            Err(e) => tracing::warn!(from, "undecodable data-plane item: {e}"),
+        }
+    }
+}
+
+/// This node's seed list as Raft ids and addresses, and its own advertised address.
+pub fn seeds(cfg: &Config) -> Result<(BTreeMap<u64, String>, String), ClusterError> {
+    let mut map = BTreeMap::new();
+    for s in &cfg.cluster.seeds {
+        let seed = Seed::parse(s).map_err(ClusterError::Seeds)?;
+        map.insert(node_id(&seed.name), seed.raft_addr);
+    }
+    let me = node_id(&cfg.node.name);
+    let advertise = match map.get(&me) {
+        Some(a) => a.clone(),
+        None => {
+            let host = cfg.node.name.split_once('@').map(|(_, h)| h).unwrap_or("127.0.0.1");
+            format!("{host}:{}", cfg.cluster.raft.bind.port())
+        }
+    };
+    Ok((map, advertise))
+}
+
+impl Cluster {
+    /// Join (or bootstrap) the cluster and start serving the node's part of it.
+    pub async fn start(
+        cfg: &Config,
+        broker: Arc<Broker>,
+        mqtt: Vec<String>,
+        api: Option<String>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let id = node_id(&cfg.node.name);
+        let (seed_map, advertise) = seeds(cfg)?;
+        let t = &cfg.cluster.raft;
+        let rcfg = RaftConfig {
+            id,
+            cluster: cfg.cluster.name.clone(),
+            advertise: advertise.clone(),
+            seeds: seed_map,
+            heartbeat: t.heartbeat_interval,
+            election_min: t.election_timeout,
+            election_max: t.election_timeout * 2,
+            snapshot_every: t.snapshot_every,
+            keep_after_snapshot: 1_000,
+            propose_timeout: t.commit_timeout,
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind(t.bind)
+            .await
+            .map_err(|source| ClusterError::Bind { addr: t.bind, source })?;
+        let me = Identity { cluster: Arc::from(cfg.cluster.name.as_str()), id };
+        let faults = Arc::new(Faults::default());
+        let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
+        let (etx, erx) = mpsc::unbounded_channel();
+        let raft_dir = cfg.node.data_dir.join("raft");
+        let raft = RaftNode::start_with(
+            rcfg,
+            &raft_dir,
+            listener,
+            Some(routes),
+            ClusterState::with_events(etx),
+            faults.clone(),
+        )
+        .await?;
+        let (view_tx, view_rx) = watch::channel(0u64);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            id,
+            node_name: cfg.node.name.clone(),
+            cluster_name: cfg.cluster.name.clone(),
+            raft,
+            view: view_rx,
+            peers: Mutex::new(HashMap::new()),
+            acks: ack_tx,
+            commit_timeout: t.commit_timeout,
+            node_down_after: t.node_down_after,
+            me,
+            faults,
+            broker: broker.clone(),
+            metrics: ClusterMetrics::default(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        broker.set_cluster(&cluster);
+        let span = tracing::info_span!("cluster", node = %cfg.node.name);
+        tracker.spawn(applier(broker.clone(), erx, view_tx, cancel.clone()).instrument(span.clone()));
+        tracker.spawn(ack_batcher(cluster.clone(), ack_rx).instrument(span.clone()));
+        let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
+        tracker.spawn(announce(cluster.clone(), info).instrument(span.clone()));
+        tracker.spawn(leader_duties(cluster.clone()).instrument(span));
+        tracing::info!(node = %cfg.node.name, id, cluster = %cfg.cluster.name, "cluster.started");
+        Ok(cluster)
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.raft.leadership().borrow().clone()
+    }
+
+    /// Whether this node can act for the cluster: it leads with a valid lease or follows a
+    /// leader it heard from within the lease.
+    pub fn available(&self) -> bool {
+        self.raft.leadership().borrow().lease
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Commit `cmds` (concurrently; each is its own proposal, batched by Raft) and wait until
+    /// this node's view has applied them. Resolves on the returned receiver.
+    pub fn commit(self: &Arc<Self>, cmds: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, String>> {
+        let (tx, rx) = oneshot::channel();
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let _ = tx.send(me.commit_wait(cmds).await);
+        });
+        rx
+    }
+
+    pub async fn commit_wait(&self, cmds: Vec<Command>) -> Result<Vec<Response>, String> {
+        let start = Instant::now();
+        let n = cmds.len() as u64;
+        self.metrics.proposals.fetch_add(n, Ordering::Relaxed);
+        let results = futures_util::future::join_all(cmds.into_iter().map(|c| self.raft.propose(c))).await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(resp) => out.push(resp),
+                Err(e) => {
+                    self.metrics.proposal_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(describe(&e));
+                }
+            }
+        }
+        let view = out.iter().map(|r| r.view).max().unwrap_or(0);
+        self.wait_view(view).await?;
+        self.metrics.commit_latency_us_sum.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Commit without waiting for the outcome (logged on failure).
+    pub fn commit_detached(self: &Arc<Self>, cmds: Vec<Command>) {
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = me.commit_wait(cmds).await {
+                tracing::warn!("cluster: background commit failed: {e}");
+            }
+        });
+    }
+
+    async fn wait_view(&self, view: u64) -> Result<(), String> {
+        let mut rx = self.view.clone();
+        let r = tokio::time::timeout(self.commit_timeout, rx.wait_for(|v| *v >= view)).await;
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("node shutting down".into()),
+            Err(_) => Err(format!("local view did not reach {view} within {:?}", self.commit_timeout)),
+        }
+    }
+
+    /// Send a delivery for `client_id` to its owner node over the data plane (best effort).
+    pub fn forward(&self, owner: u64, client_id: &str, d: &Delivery) {
+        let item = match bincode::serde::encode_to_vec((client_id, d), bincode::config::standard()) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!("data plane: cannot encode a delivery: {e}");
+                return;
+            }
+        };
+        let Some(sender) = self.peer(owner) else {
+            self.metrics.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if sender.send(item) {
+            self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.forward_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn peer(&self, node: u64) -> Option<Arc<PeerSender>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = peers.get(&node) {
+            return Some(p.clone());
+        }
+        let addr = self.raft.members().get(&node).cloned()?;
+        let p = peer::spawn_sender(
+            self.me.clone(),
+            node,
+            addr,
+            self.faults.clone(),
+            65_536,
+            self.cancel.clone(),
+            &self.tracker,
+        );
+        peers.insert(node, p.clone());
+        Some(p)
+    }
+
+    /// The client completed a durable delivery: committed in batches.
+    pub fn ack(&self, client_id: &Arc<str>, seq: u64) {
+        let _ = self.acks.send((client_id.clone(), seq));
+    }
+
+    /// The replicated state, read locally.
+    pub async fn read<T>(&self, f: impl FnOnce(&state::Snapshot) -> T) -> T {
+        self.raft.read(|s| f(&s.s)).await
+    }
+}
+
+fn describe(e: &ProposeError) -> String {
+    match e {
+        ProposeError::Unavailable(d) => format!("cluster unavailable: no leader reachable within {d:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// Applies committed changes to the broker's view, in order, and publishes how far it got.
+async fn applier(
+    broker: Arc<Broker>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<state::Change>)>,
+    view: watch::Sender<u64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = rx.recv() => m,
+        };
+        let Some((v, changes)) = next else { break };
+        broker.cluster_apply(changes);
+        view.send_if_modified(|cur| {
+            if v > *cur || v == 0 {
+                *cur = v;
+                true
+            } else {
+                // A snapshot restore can move the view back to the snapshot's; take it.
+                let moved = *cur != v;
+                *cur = v;
+                moved
+            }
+        });
+    }
+}
+
+/// Collects client acknowledgements of durable deliveries into `Ack` commands.
+async fn ack_batcher(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>) {
+    loop {
+        let first = tokio::select! {
+            _ = cluster.cancel.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let mut by_client: BTreeMap<Arc<str>, Vec<u64>> = BTreeMap::new();
+        by_client.entry(first.0).or_default().push(first.1);
+        // A short linger gathers the acks of a burst into few commands.
+        let until = tokio::time::Instant::now() + Duration::from_millis(5);
+        while let Ok(Some((c, s))) = tokio::time::timeout_at(until, rx.recv()).await {
+            by_client.entry(c).or_default().push(s);
+        }
+        let n: usize = by_client.values().map(Vec::len).sum();
+        cluster.metrics.acks.fetch_add(n as u64, Ordering::Relaxed);
+        let cmds: Vec<Command> =
+            by_client.into_iter().map(|(c, seqs)| Command::Ack { client_id: c.to_string(), seqs }).collect();
+        cluster.commit_detached(cmds);
+    }
+}
+
+/// Registers this node's addresses in the replicated membership (retried until it sticks).
+async fn announce(cluster: Arc<Cluster>, info: NodeInfo) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let known = cluster.read(|s| s.nodes.get(&info.id) == Some(&info)).await;
+        if known {
+            return;
+        }
+        if cluster.available() {
+            match cluster.commit_wait(vec![Command::Join(info.clone())]).await {
+                Ok(_) => {
+                    tracing::info!(node = %info.name, "cluster.joined");
+                    return;
+                }
+                Err(e) => tracing::debug!("cluster: announce failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = cluster.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// What only the leader does, once a second: expire sessions; mark the sessions of a node that
+/// stayed unreachable as disconnected and publish their wills.
+async fn leader_duties(cluster: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_seen: HashMap<u64, Instant> = HashMap::new();
+    let mut marked: BTreeSet<u64> = BTreeSet::new();
+    let mut leadership = cluster.raft.leadership();
+    let mut was_leader: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = cluster.cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            r = leadership.changed() => {
+                if r.is_err() { break }
+                let l = leadership.borrow().leader;
+                if l != was_leader {
+                    cluster.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    was_leader = l;
+                }
+                continue;
+            }
+        }
+        let l = cluster.leadership();
+        if !(l.state == ServerState::Leader && l.lease) {
+            last_seen.clear();
+            marked.clear();
+            continue;
+        }
+        let now = now_ms();
+        // Session expiry.
+        let expired: Vec<(String, u64)> = cluster
+            .read(|s| {
+                s.sessions
+                    .iter()
+                    .filter(|(_, e)| !e.connected && e.expiry_interval != u32::MAX)
+                    .filter(|(_, e)| {
+                        e.disconnected_at_ms.is_some_and(|at| at + u64::from(e.expiry_interval) * 1000 <= now)
+                    })
+                    .map(|(k, e)| (k.clone(), e.epoch))
+                    .collect()
+            })
+            .await;
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "cluster: expiring sessions");
+            let cmds = expired.into_iter().map(|(client_id, epoch)| Command::Expire { client_id, epoch }).collect();
+            cluster.commit_detached(cmds);
+        }
+        // Unreachable nodes.
+        let instant_now = Instant::now();
+        let mut down = Vec::new();
+        if let Some(hb) = cluster.raft.heartbeat_ages() {
+            for (node, age) in hb.iter() {
+                if *node == cluster.id {
+                    continue;
+                }
+                let fresh = age.is_some_and(|a| a < Duration::from_millis(500));
+                if fresh {
+                    last_seen.insert(*node, instant_now);
+                    marked.remove(node);
+                } else {
+                    let seen = *last_seen.entry(*node).or_insert(instant_now);
+                    if instant_now.duration_since(seen) >= cluster.node_down_after && !marked.contains(node) {
+                        down.push(*node);
+                    }
+                }
+            }
+        }
+        for node in down {
+            let has_sessions = cluster.read(|s| s.sessions.values().any(|e| e.owner == node && e.connected)).await;
+            marked.insert(node);
+            if !has_sessions {
+                continue;
+            }
+            tracing::warn!(node, "cluster: node unreachable; its sessions are disconnected and their wills published");
+            match cluster.commit_wait(vec![Command::NodeDown { node, at_ms: now }]).await {
+                Ok(rs) => {
+                    for r in rs {
+                        if let Outcome::Orphaned { wills } = r.outcome {
+                            for (client_id, will) in wills {
+                                cluster.broker.publish_will_cluster(&client_id, will);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    marked.remove(&node);
+                    tracing::warn!(node, "cluster: NodeDown not committed: {e}");
+                }
+            }
+        }
+    }
+}

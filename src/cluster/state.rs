@@ -1,0 +1,383 @@
+//! The replicated state of one regional cluster (DESIGN.md §3) and its one command type.
+//!
+//! `apply` is pure and deterministic: time comes inside the commands, nothing is read from the
+//! clock, nothing random. What an applied command changed is also sent, in order, to the node's
+//! applier (`events`, not replicated): the broker of every node keeps its sessions, router and
+//! retained messages as a view of this state, updated only from these changes. Every command
+//! advances `view`; a connection that made a change waits until its node's view has reached it
+//! before it acknowledges (read-your-writes on the local view).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::broker::message::{Delivery, Message};
+use crate::broker::session::Subscription;
+use crate::mqtt::packet::{Protocol, QoS, Will};
+
+/// Format of `Command`s and snapshots (behind strait-raft's own version byte).
+pub const STATE_FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub name: String,
+    pub raft: String,
+    pub mqtt: Vec<String>,
+    pub api: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEntry {
+    /// Node whose connection serves (or last served) the session.
+    pub owner: u64,
+    /// Incremented by every CONNECT: changes made for an older connection are ignored.
+    pub epoch: u64,
+    pub connected: bool,
+    pub protocol: Protocol,
+    /// Seconds; 0 = the session ends with its connection; u32::MAX = never expires.
+    pub expiry_interval: u32,
+    pub disconnected_at_ms: Option<u64>,
+    /// The live connection's will (published by the leader when the owner node dies).
+    pub will: Option<Will>,
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Durable QoS>=1 deliveries not yet acknowledged by the client, by sequence number.
+    pub queue: BTreeMap<u64, Delivery>,
+}
+
+impl SessionEntry {
+    pub fn persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+}
+
+/// One durable delivery target of a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub client_id: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// A node announces (or updates) its addresses.
+    Join(NodeInfo),
+    /// A node left the cluster (removed by the operator).
+    Leave { node: u64 },
+    /// CONNECT on `node`: it owns the session from now on.
+    Connect {
+        client_id: String,
+        node: u64,
+        protocol: Protocol,
+        clean_start: bool,
+        expiry_interval: u32,
+        will: Option<Will>,
+    },
+    /// The connection of `epoch` ended at `at_ms` (with `expiry_interval` in force then).
+    Disconnect { client_id: String, epoch: u64, at_ms: u64, expiry_interval: u32 },
+    Subscribe { client_id: String, epoch: u64, filter: String, sub: Subscription },
+    Unsubscribe { client_id: String, epoch: u64, filter: String },
+    /// Store (or, with an empty payload, clear) a retained message.
+    Retain { msg: Message },
+    /// A QoS>=1 message for persistent sessions: committed before the publisher's ack. A
+    /// session whose queue already holds `limit` messages does not get it (slow consumer).
+    Enqueue { msg: Message, targets: Vec<Target>, limit: u32 },
+    /// The client completed these deliveries.
+    Ack { client_id: String, seqs: Vec<u64> },
+    /// Session expiry (decided by the leader from `disconnected_at_ms`): applied only if the
+    /// session is still the one of `epoch` and disconnected.
+    Expire { client_id: String, epoch: u64 },
+    /// Operator removal of an offline session (API DELETE).
+    Remove { client_id: String },
+    /// `node` is unreachable: its connected sessions count as disconnected at `at_ms`.
+    NodeDown { node: u64, at_ms: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    Connected { epoch: u64, present: bool },
+    /// A change for an older connection or a missing session: nothing happened.
+    Stale,
+    /// Sessions whose connection ended with a node: (client id, will) to publish.
+    Orphaned { wills: Vec<(String, Will)> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The view (count of applied commands) right after this command.
+    pub view: u64,
+    pub outcome: Outcome,
+}
+
+/// What a command changed, for the node's applier.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The whole state was replaced (snapshot restore).
+    Reset(Box<Snapshot>),
+    /// A session's ownership or lifecycle changed; `fresh` when it started clean (drop what
+    /// the view held for the client id). None: the session is gone.
+    Session { client_id: String, entry: Option<SessionMeta>, fresh: bool, queue: Vec<(u64, Delivery)> },
+    Subscription { client_id: String, filter: String, sub: Option<Subscription> },
+    Retained { topic: Arc<str>, msg: Option<Arc<Message>> },
+    Queued { client_id: String, owner: u64, seq: u64, delivery: Delivery },
+    Nodes(BTreeMap<u64, NodeInfo>),
+}
+
+/// A session entry without its queue and subscriptions (they travel separately).
+#[derive(Debug, Clone)]
+pub struct SessionMeta {
+    pub owner: u64,
+    pub epoch: u64,
+    pub connected: bool,
+    pub protocol: Protocol,
+    pub expiry_interval: u32,
+}
+
+impl From<&SessionEntry> for SessionMeta {
+    fn from(e: &SessionEntry) -> Self {
+        SessionMeta {
+            owner: e.owner,
+            epoch: e.epoch,
+            connected: e.connected,
+            protocol: e.protocol,
+            expiry_interval: e.expiry_interval,
+        }
+    }
+}
+
+/// Everything that is replicated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub view: u64,
+    pub next_seq: u64,
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    pub sessions: BTreeMap<String, SessionEntry>,
+    pub retained: BTreeMap<String, Message>,
+}
+
+/// The state machine: the replicated snapshot plus the (not replicated) event sink.
+#[derive(Default)]
+pub struct ClusterState {
+    pub s: Snapshot,
+    events: Option<UnboundedSender<(u64, Vec<Change>)>>,
+}
+
+impl ClusterState {
+    pub fn with_events(tx: UnboundedSender<(u64, Vec<Change>)>) -> ClusterState {
+        ClusterState { s: Snapshot::default(), events: Some(tx) }
+    }
+
+    fn emit(&self, view: u64, changes: Vec<Change>) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send((view, changes));
+        }
+    }
+
+    /// Apply one command; pure apart from the change notification.
+    pub fn apply_one(&mut self, cmd: Command) -> (Outcome, Vec<Change>) {
+        let s = &mut self.s;
+        let mut out = Vec::new();
+        let outcome = match cmd {
+            Command::Join(info) => {
+                s.nodes.insert(info.id, info);
+                out.push(Change::Nodes(s.nodes.clone()));
+                Outcome::Done
+            }
+            Command::Leave { node } => {
+                s.nodes.remove(&node);
+                out.push(Change::Nodes(s.nodes.clone()));
+                Outcome::Done
+            }
+            Command::Connect { client_id, node, protocol, clean_start, expiry_interval, will } => {
+                let prev = s.sessions.remove(&client_id);
+                let epoch = prev.as_ref().map(|p| p.epoch + 1).unwrap_or(1);
+                let (present, mut entry) = match prev {
+                    Some(p) if !clean_start => (true, p),
+                    _ => (
+                        false,
+                        SessionEntry {
+                            owner: node,
+                            epoch,
+                            connected: true,
+                            protocol,
+                            expiry_interval,
+                            disconnected_at_ms: None,
+                            will: None,
+                            subscriptions: BTreeMap::new(),
+                            queue: BTreeMap::new(),
+                        },
+                    ),
+                };
+                entry.owner = node;
+                entry.epoch = epoch;
+                entry.connected = true;
+                entry.protocol = protocol;
+                entry.expiry_interval = expiry_interval;
+                entry.disconnected_at_ms = None;
+                entry.will = will;
+                out.push(Change::Session {
+                    client_id: client_id.clone(),
+                    entry: Some(SessionMeta::from(&entry)),
+                    fresh: !present,
+                    queue: entry.queue.iter().map(|(k, v)| (*k, v.clone())).collect(),
+                });
+                s.sessions.insert(client_id, entry);
+                Outcome::Connected { epoch, present }
+            }
+            Command::Disconnect { client_id, epoch, at_ms, expiry_interval } => match s.sessions.get_mut(&client_id) {
+                Some(e) if e.epoch == epoch => {
+                    e.expiry_interval = expiry_interval;
+                    if expiry_interval == 0 {
+                        s.sessions.remove(&client_id);
+                        out.push(Change::Session { client_id, entry: None, fresh: false, queue: Vec::new() });
+                    } else {
+                        e.connected = false;
+                        e.disconnected_at_ms = Some(at_ms);
+                        e.will = None;
+                        let meta = SessionMeta::from(&*e);
+                        out.push(Change::Session { client_id, entry: Some(meta), fresh: false, queue: Vec::new() });
+                    }
+                    Outcome::Done
+                }
+                _ => Outcome::Stale,
+            },
+            Command::Subscribe { client_id, epoch, filter, sub } => match s.sessions.get_mut(&client_id) {
+                Some(e) if e.epoch == epoch => {
+                    e.subscriptions.insert(filter.clone(), sub.clone());
+                    out.push(Change::Subscription { client_id, filter, sub: Some(sub) });
+                    Outcome::Done
+                }
+                _ => Outcome::Stale,
+            },
+            Command::Unsubscribe { client_id, epoch, filter } => match s.sessions.get_mut(&client_id) {
+                Some(e) if e.epoch == epoch => {
+                    if e.subscriptions.remove(&filter).is_some() {
+                        out.push(Change::Subscription { client_id, filter, sub: None });
+                        Outcome::Done
+                    } else {
+                        Outcome::Stale
+                    }
+                }
+                _ => Outcome::Stale,
+            },
+            Command::Retain { msg } => {
+                let topic = msg.topic.clone();
+                if msg.payload.is_empty() {
+                    s.retained.remove(&*topic);
+                    out.push(Change::Retained { topic, msg: None });
+                } else {
+                    s.retained.insert(topic.to_string(), msg.clone());
+                    out.push(Change::Retained { topic, msg: Some(Arc::new(msg)) });
+                }
+                Outcome::Done
+            }
+            Command::Enqueue { msg, targets, limit } => {
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                let msg = Arc::new(msg);
+                for t in targets {
+                    let Some(e) = s.sessions.get_mut(&t.client_id) else { continue };
+                    if !e.persistent() || e.queue.len() >= limit as usize {
+                        continue;
+                    }
+                    let delivery =
+                        Delivery { msg: msg.clone(), qos: t.qos, retain: t.retain, sub_ids: t.sub_ids, seq: Some(seq) };
+                    e.queue.insert(seq, delivery.clone());
+                    out.push(Change::Queued { client_id: t.client_id, owner: e.owner, seq, delivery });
+                }
+                Outcome::Done
+            }
+            Command::Ack { client_id, seqs } => {
+                if let Some(e) = s.sessions.get_mut(&client_id) {
+                    for q in seqs {
+                        e.queue.remove(&q);
+                    }
+                }
+                Outcome::Done
+            }
+            Command::Expire { client_id, epoch } => match s.sessions.get(&client_id) {
+                Some(e) if e.epoch == epoch && !e.connected => {
+                    s.sessions.remove(&client_id);
+                    out.push(Change::Session { client_id, entry: None, fresh: false, queue: Vec::new() });
+                    Outcome::Done
+                }
+                _ => Outcome::Stale,
+            },
+            Command::Remove { client_id } => match s.sessions.get(&client_id) {
+                Some(e) if !e.connected => {
+                    s.sessions.remove(&client_id);
+                    out.push(Change::Session { client_id, entry: None, fresh: false, queue: Vec::new() });
+                    Outcome::Done
+                }
+                _ => Outcome::Stale,
+            },
+            Command::NodeDown { node, at_ms } => {
+                let mut wills = Vec::new();
+                let ids: Vec<String> =
+                    s.sessions.iter().filter(|(_, e)| e.owner == node && e.connected).map(|(k, _)| k.clone()).collect();
+                for id in ids {
+                    let Some(e) = s.sessions.get_mut(&id) else { continue };
+                    if let Some(w) = e.will.take() {
+                        wills.push((id.clone(), w));
+                    }
+                    if e.expiry_interval == 0 {
+                        s.sessions.remove(&id);
+                        out.push(Change::Session { client_id: id, entry: None, fresh: false, queue: Vec::new() });
+                    } else {
+                        e.connected = false;
+                        e.disconnected_at_ms = Some(at_ms);
+                        let meta = SessionMeta::from(&*e);
+                        out.push(Change::Session { client_id: id, entry: Some(meta), fresh: false, queue: Vec::new() });
+                    }
+                }
+                Outcome::Orphaned { wills }
+            }
+        };
+        (outcome, out)
+    }
+}
+
+impl strait_raft::StateMachine for ClusterState {
+    type Command = Command;
+    type Response = Response;
+
+    fn apply(&mut self, batch: Vec<Command>) -> Vec<Response> {
+        let mut responses = Vec::with_capacity(batch.len());
+        let mut changes = Vec::new();
+        for cmd in batch {
+            let (outcome, mut c) = self.apply_one(cmd);
+            self.s.view += 1;
+            changes.append(&mut c);
+            responses.push(Response { view: self.s.view, outcome });
+        }
+        self.emit(self.s.view, changes);
+        responses
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = vec![STATE_FORMAT];
+        match bincode::serde::encode_to_vec(&self.s, bincode::config::standard()) {
+            Ok(b) => out.extend(b),
+            Err(e) => tracing::error!("cluster state snapshot failed: {e}"),
+        }
+        out
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: Snapshot = match bytes.split_first() {
+            Some((&STATE_FORMAT, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map_err(|e| format!("cluster state snapshot: {e}"))?
+                .0,
+            Some((v, _)) => return Err(format!("cluster state snapshot: unknown format {v}")),
+            None => return Err("cluster state snapshot: empty".into()),
+        };
+        self.s = s;
+        self.emit(self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]);
+        Ok(())
+    }
+}
