@@ -205,7 +205,10 @@ struct AddNode {
     learner: bool,
 }
 
-async fn add_node(State(s): State<ApiState>, body: Result<Json<AddNode>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn add_node(
+    State(s): State<ApiState>,
+    body: Result<Json<AddNode>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Some(c) = s.broker.cluster() else { return no_cluster() };
     let Json(req) = match body {
         Ok(b) => b,
@@ -225,7 +228,8 @@ async fn add_node(State(s): State<ApiState>, body: Result<Json<AddNode>, axum::e
             return unavailable(format!("promoting {}: {e}", seed.name));
         }
     }
-    (StatusCode::CREATED, Json(json!({"name": seed.name, "id": id.to_string(), "raft": seed.raft_addr}))).into_response()
+    (StatusCode::CREATED, Json(json!({"name": seed.name, "id": id.to_string(), "raft": seed.raft_addr})))
+        .into_response()
 }
 
 async fn remove_node(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
@@ -233,7 +237,10 @@ async fn remove_node(State(s): State<ApiState>, Path(name): Path<String>) -> Res
     let name = crate::config::Seed::parse(&name).map(|s| s.name).unwrap_or(name);
     let id = crate::config::node_id(&name);
     if !c.raft.members().contains_key(&id) {
-        return (StatusCode::NOT_FOUND, Json(json!({"code": "NODE_NOT_FOUND", "message": format!("no member named {name}")})))
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"code": "NODE_NOT_FOUND", "message": format!("no member named {name}")})),
+        )
             .into_response();
     }
     tracing::info!(node = %name, id, "api.cluster.remove_node");

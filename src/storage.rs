@@ -52,7 +52,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
 
 fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
     match bytes.split_first() {
-        Some((&(1 | FORMAT_VERSION), rest)) => Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0),
+        Some((&(1 | FORMAT_VERSION), rest)) => {
+            Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0)
+        }
         Some((v, _)) => Err(StorageError::Version(*v)),
         None => Err(StorageError::Version(0)),
     }

@@ -67,7 +67,9 @@ pub enum Command {
     /// A node announces (or updates) its addresses.
     Join(NodeInfo),
     /// A node left the cluster (removed by the operator).
-    Leave { node: u64 },
+    Leave {
+        node: u64,
+    },
     /// CONNECT on `node`: it owns the session from now on.
     Connect {
         client_id: String,
@@ -78,33 +80,69 @@ pub enum Command {
         will: Option<Will>,
     },
     /// The connection of `epoch` ended at `at_ms` (with `expiry_interval` in force then).
-    Disconnect { client_id: String, epoch: u64, at_ms: u64, expiry_interval: u32 },
-    Subscribe { client_id: String, epoch: u64, filter: String, sub: Subscription },
-    Unsubscribe { client_id: String, epoch: u64, filter: String },
+    Disconnect {
+        client_id: String,
+        epoch: u64,
+        at_ms: u64,
+        expiry_interval: u32,
+    },
+    Subscribe {
+        client_id: String,
+        epoch: u64,
+        filter: String,
+        sub: Subscription,
+    },
+    Unsubscribe {
+        client_id: String,
+        epoch: u64,
+        filter: String,
+    },
     /// Store (or, with an empty payload, clear) a retained message.
-    Retain { msg: Message },
+    Retain {
+        msg: Message,
+    },
     /// A QoS>=1 message for persistent sessions: committed before the publisher's ack. A
     /// session whose queue already holds `limit` messages does not get it (slow consumer).
-    Enqueue { msg: Message, targets: Vec<Target>, limit: u32 },
+    Enqueue {
+        msg: Message,
+        targets: Vec<Target>,
+        limit: u32,
+    },
     /// The client completed these deliveries.
-    Ack { client_id: String, seqs: Vec<u64> },
+    Ack {
+        client_id: String,
+        seqs: Vec<u64>,
+    },
     /// Session expiry (decided by the leader from `disconnected_at_ms`): applied only if the
     /// session is still the one of `epoch` and disconnected.
-    Expire { client_id: String, epoch: u64 },
+    Expire {
+        client_id: String,
+        epoch: u64,
+    },
     /// Operator removal of an offline session (API DELETE).
-    Remove { client_id: String },
+    Remove {
+        client_id: String,
+    },
     /// `node` is unreachable: its connected sessions count as disconnected at `at_ms`.
-    NodeDown { node: u64, at_ms: u64 },
+    NodeDown {
+        node: u64,
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
     Done,
-    Connected { epoch: u64, present: bool },
+    Connected {
+        epoch: u64,
+        present: bool,
+    },
     /// A change for an older connection or a missing session: nothing happened.
     Stale,
     /// Sessions whose connection ended with a node: (client id, will) to publish.
-    Orphaned { wills: Vec<(String, Will)> },
+    Orphaned {
+        wills: Vec<(String, Will)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,10 +159,27 @@ pub enum Change {
     Reset(Box<Snapshot>),
     /// A session's ownership or lifecycle changed; `fresh` when it started clean (drop what
     /// the view held for the client id). None: the session is gone.
-    Session { client_id: String, entry: Option<SessionMeta>, fresh: bool, queue: Vec<(u64, Delivery)> },
-    Subscription { client_id: String, filter: String, sub: Option<Subscription> },
-    Retained { topic: Arc<str>, msg: Option<Arc<Message>> },
-    Queued { client_id: String, owner: u64, seq: u64, delivery: Delivery },
+    Session {
+        client_id: String,
+        entry: Option<SessionMeta>,
+        fresh: bool,
+        queue: Vec<(u64, Delivery)>,
+    },
+    Subscription {
+        client_id: String,
+        filter: String,
+        sub: Option<Subscription>,
+    },
+    Retained {
+        topic: Arc<str>,
+        msg: Option<Arc<Message>>,
+    },
+    Queued {
+        client_id: String,
+        owner: u64,
+        seq: u64,
+        delivery: Delivery,
+    },
     Nodes(BTreeMap<u64, NodeInfo>),
 }
 
@@ -370,9 +425,11 @@ impl strait_raft::StateMachine for ClusterState {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: Snapshot = match bytes.split_first() {
-            Some((&STATE_FORMAT, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
-                .map_err(|e| format!("cluster state snapshot: {e}"))?
-                .0,
+            Some((&STATE_FORMAT, rest)) => {
+                bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                    .map_err(|e| format!("cluster state snapshot: {e}"))?
+                    .0
+            }
             Some((v, _)) => return Err(format!("cluster state snapshot: unknown format {v}")),
             None => return Err("cluster state snapshot: empty".into()),
         };

@@ -49,11 +49,24 @@ enum Pending {
 
 enum After {
     /// PUBACK / PUBREC for an inbound PUBLISH (QoS 2: awaiting PUBREL from then on).
-    Publish { pkid: u16, qos: QoS, code: u8 },
+    Publish {
+        pkid: u16,
+        qos: QoS,
+        code: u8,
+    },
     /// SUBACK; `committed` are the positions whose subscriptions were proposed, `retained`
     /// what to send after it (filter, granted QoS, subscription id, only if new).
-    SubAck { packet_id: u16, codes: Vec<u8>, committed: Vec<usize>, retained: Vec<(String, QoS, Option<u32>)> },
-    UnsubAck { packet_id: u16, codes: Vec<u8>, committed: Vec<usize> },
+    SubAck {
+        packet_id: u16,
+        codes: Vec<u8>,
+        committed: Vec<usize>,
+        retained: Vec<(String, QoS, Option<u32>)>,
+    },
+    UnsubAck {
+        packet_id: u16,
+        codes: Vec<u8>,
+        committed: Vec<usize>,
+    },
 }
 
 /// Why the packet loop ended.
@@ -513,7 +526,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
                 }
                 match qos {
-                    QoS::AtLeastOnce => codec::encode(&Packet::PubAck(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf),
+                    QoS::AtLeastOnce => {
+                        codec::encode(&Packet::PubAck(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf)
+                    }
                     _ => {
                         {
                             let mut st = live.session.lock();
@@ -536,7 +551,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     for (inner, granted, sub_id) in retained {
                         for m in self.broker.retained_matching(&inner) {
                             let qos = m.qos.min(granted);
-                            let d = Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect(), seq: None };
+                            let d = Delivery {
+                                msg: m,
+                                qos,
+                                retain: true,
+                                sub_ids: sub_id.into_iter().collect(),
+                                seq: None,
+                            };
                             self.broker.offer(&live.session, d);
                         }
                     }
@@ -638,10 +659,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     }
                     if !cmds.is_empty() {
                         let rx = c.commit(cmds);
-                        live.pending.push_back(Pending::Wait(
-                            rx,
-                            After::UnsubAck { packet_id: u.packet_id, codes, committed },
-                        ));
+                        live.pending
+                            .push_back(Pending::Wait(rx, After::UnsubAck { packet_id: u.packet_id, codes, committed }));
                         return None;
                     }
                     let ack = UnsubAck { packet_id: u.packet_id, codes, properties: Properties::default() };
@@ -840,7 +859,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 } else if send_retained {
                     for m in self.broker.retained_matching(inner) {
                         let qos = m.qos.min(granted);
-                        retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect(), seq: None });
+                        retained.push(Delivery {
+                            msg: m,
+                            qos,
+                            retain: true,
+                            sub_ids: sub_id.into_iter().collect(),
+                            seq: None,
+                        });
                     }
                 }
                 granted.as_u8()

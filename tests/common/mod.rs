@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod clients;
+pub mod procs;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -1,0 +1,230 @@
+//! A regional cluster of real `strait` processes on 127.0.0.1 ephemeral ports: start, SIGKILL,
+//! SIGSTOP/SIGCONT, restart, and wait on the HTTP API with deadlines. Every node's log goes to a
+//! file in the cluster's temp dir; on a panic the logs' tails are printed.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::TempDir;
+
+pub struct ProcNode {
+    pub name: String,
+    pub mqtt: u16,
+    pub api: u16,
+    pub raft: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct ProcCluster {
+    pub cluster: String,
+    pub nodes: Vec<ProcNode>,
+    pub dir: TempDir,
+}
+
+/// A port free right now (bound and released; the node binds it moments later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl ProcCluster {
+    /// Write configs for `n` seed nodes of cluster `name` (tweak: extra HOCON for every node)
+    /// and start them all.
+    pub fn start(n: usize, extra: &str) -> ProcCluster {
+        let mut c = ProcCluster::configure("cluster-test", n, n, extra);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Configure `n` nodes of which the first `seeds` are the seed list; start none.
+    pub fn configure(cluster: &str, n: usize, seeds: usize, extra: &str) -> ProcCluster {
+        let dir = TempDir::new("proc-cluster");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(ProcNode {
+                name: format!("n{}@127.0.0.1", i + 1),
+                mqtt: free_port(),
+                api: free_port(),
+                raft: free_port(),
+                config: dir.path().join(format!("n{}.hocon", i + 1)),
+                log: dir.path().join(format!("n{}.log", i + 1)),
+                child: None,
+            });
+        }
+        let seed_list: Vec<String> = nodes[..seeds].iter().map(|n| format!("\"{}:{}\"", n.name, n.raft)).collect();
+        for (i, n) in nodes.iter().enumerate() {
+            let text = format!(
+                "node {{ name = \"{name}\", data_dir = \"{data}\" }}\n\
+                 cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n  raft {{ bind = \"127.0.0.1:{raft}\", election_timeout = 300ms, node_down_after = 2s, commit_timeout = 3s }}\n}}\n\
+                 listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\n\
+                 api.bind = \"127.0.0.1:{api}\"\n{extra}\n",
+                name = n.name,
+                data = dir.path().join(format!("data{}", i + 1)).display(),
+                seeds = seed_list.join(", "),
+                raft = n.raft,
+                mqtt = n.mqtt,
+                api = n.api,
+            );
+            std::fs::write(&n.config, text).expect("write config");
+        }
+        ProcCluster { cluster: cluster.to_string(), nodes, dir }
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_strait"))
+            .args(["run", "--config"])
+            .arg(&n.config)
+            .env("RUST_LOG", "info,openraft=error")
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn strait");
+        tracing::info!("== started {} (pid {})", n.name, child.id());
+        n.child = Some(child);
+    }
+
+    fn signal(&mut self, i: usize, sig: i32) {
+        if let Some(c) = &self.nodes[i].child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self, i: usize) {
+        tracing::info!("== SIGKILL {}", self.nodes[i].name);
+        self.signal(i, libc::SIGKILL);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        tracing::info!("== SIGSTOP {}", self.nodes[i].name);
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        tracing::info!("== SIGCONT {}", self.nodes[i].name);
+        self.signal(i, libc::SIGCONT);
+    }
+
+    /// GET the cluster status of node `i` (None while it does not answer).
+    pub fn status(&self, i: usize) -> Option<Value> {
+        http_get(self.nodes[i].api, "/api/v5/cluster").and_then(|(code, body)| {
+            if code == 200 {
+                serde_json::from_str(&body).ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Wait until every node in `up` reports the same leader, available, with all of `up`
+    /// reachable; returns the leader's index.
+    pub async fn wait_ready(&self, up: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sts: Vec<Option<Value>> = up.iter().map(|i| self.status(*i)).collect();
+            let leaders: Vec<Option<String>> =
+                sts.iter().map(|s| s.as_ref().and_then(|v| v["leader"].as_str().map(String::from))).collect();
+            let all_available = sts.iter().all(|s| s.as_ref().is_some_and(|v| v["available"] == true));
+            if all_available && leaders.windows(2).all(|w| w[0] == w[1]) {
+                if let Some(Some(l)) = leaders.first() {
+                    if let Some(idx) = self.nodes.iter().position(|n| &n.name == l) {
+                        // Every up node has announced its addresses.
+                        let known = sts[0].as_ref().map(|v| {
+                            up.iter().all(|i| {
+                                v["nodes"].as_array().is_some_and(|ns| {
+                                    ns.iter().any(|n| n["name"] == self.nodes[*i].name.as_str() && n["api"].is_string())
+                                })
+                            })
+                        });
+                        if known == Some(true) {
+                            return idx;
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("cluster not ready within 30 s; last statuses: {sts:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until node `i` reports `available == want`.
+    pub async fn wait_available(&self, i: usize, want: bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.status(i).is_some_and(|v| v["available"] == want) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("node {} not available={want} within {within:?}", self.nodes[i].name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("----- {} (last 40 lines) -----", n.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // SAFETY: kill(2) on our own child's pid (SIGCONT first: a stopped child).
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, None)
+}
