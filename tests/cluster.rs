@@ -256,3 +256,98 @@ async fn nodes_are_added_and_removed_at_runtime() {
     let names: Vec<&str> = st["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["name"].as_str()).collect();
     assert!(!names.contains(&c.nodes[2].name.as_str()), "removed from the membership: {names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_a_qos1_stream_loses_no_acknowledged_message() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    let leader = c.wait_ready(&[0, 1, 2]).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (sub_node, pub_node) = (others[0], others[1]);
+    let (mut sub, _) = v5_ok(c.nodes[sub_node].mqtt, "stream-sub", false, 600).await;
+    sub.subscribe("s/#", QoS::AtLeastOnce).await;
+    let pub_port = c.nodes[pub_node].mqtt;
+
+    // The publisher sends one message at a time; a failed or refused publish is retried on a
+    // new connection (as a client library would), so "acknowledged" is exactly what got PUBACK.
+    let publisher = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut stalls = Vec::new();
+        let (mut p, _) = v5_ok(pub_port, "stream-pub", true, 0).await;
+        let mut i: u16 = 0;
+        while i < 600 {
+            let t = std::time::Instant::now();
+            p.send(&Packet::Publish(publish("s/x", QoS::AtLeastOnce, format!("{i}").as_bytes(), i + 1))).await;
+            match p.next(Duration::from_secs(5)).await {
+                Got::Packet(Packet::PubAck(a)) if a.packet_id == i + 1 && a.code == 0 => {
+                    acked.push(i);
+                    stalls.push(t.elapsed());
+                    i += 1;
+                }
+                other => {
+                    tracing::info!("== publish {i} not acknowledged ({other:?}); reconnecting");
+                    loop {
+                        let (np, code, _) = v5(pub_port, "stream-pub", true, 0).await;
+                        if code == 0 {
+                            p = np;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        (acked, stalls.into_iter().max().unwrap_or_default())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.kill(leader);
+    let (acked, worst) = publisher.await.expect("publisher");
+    tracing::info!("== {} acknowledged; worst publish round trip {worst:?}", acked.len());
+    assert!(worst < Duration::from_secs(5), "the publisher saw at most a short stall: {worst:?}");
+    let got = receive(&mut sub, acked.len()).await;
+    let mut ids: Vec<u16> = got.iter().filter_map(|(p, _, _)| p.parse().ok()).collect();
+    ids.sort();
+    ids.dedup();
+    let missing: Vec<u16> = acked.iter().copied().filter(|i| ids.binary_search(i).is_err()).collect();
+    assert!(missing.is_empty(), "acknowledged but never delivered: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_acks_nothing_and_catches_up_and_a_dead_nodes_wills_are_published() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let [p1, p2, p3] = [c.nodes[0].mqtt, c.nodes[1].mqtt, c.nodes[2].mqtt];
+    let (mut watcher, _) = v5_ok(p1, "watcher", true, 0).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+
+    tracing::info!("== pausing node 3; writes go on; node 3 catches up after SIGCONT");
+    c.pause(2);
+    let (mut w, _) = v5_ok(p1, "writer", true, 0).await;
+    let mut r = publish("state/a", QoS::AtLeastOnce, b"while-paused", 1);
+    r.retain = true;
+    assert_eq!(w.publish(r).await, 0);
+    c.resume(2);
+    c.wait_ready(&[0, 1, 2]).await;
+    let (mut reader, _) = v5_ok(p3, "reader", true, 0).await;
+    reader.subscribe("state/#", QoS::AtLeastOnce).await;
+    assert_eq!(&reader.publish_in().await.payload[..], b"while-paused", "node 3 caught up");
+
+    tracing::info!("== a client with a will on node 2; node 2 is killed");
+    let mut conn = connect_packet(Protocol::V5, "mortal");
+    conn.will = Some(strait::mqtt::packet::Will {
+        topic: "wills/mortal".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (_mortal, ack) = Raw::connect_with(addr(p2), conn).await;
+    assert_eq!(ack.code, 0);
+    c.kill(1);
+    // node_down_after = 2 s in the test config: the leader publishes the will once.
+    let p = watcher.publish_in().await;
+    assert_eq!(&p.payload[..], b"gone");
+    watcher.ack(&p).await;
+    watcher.no_publish(Duration::from_secs(1), "the will only once").await;
+}

@@ -42,7 +42,7 @@ type Commit = oneshot::Receiver<Result<Vec<Response>, String>>;
 
 /// An acknowledgement in the order MQTT requires (the order of the packets it answers).
 enum Pending {
-    Ready(Packet),
+    Ready(Box<Packet>),
     /// Waiting for a cluster commit; then `then` is sent.
     Wait(Commit, After),
 }
@@ -502,7 +502,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         if live.pending.is_empty() {
             codec::encode(&p, live.protocol, &mut self.outbuf);
         } else {
-            live.pending.push_back(Pending::Ready(p));
+            live.pending.push_back(Pending::Ready(Box::new(p)));
         }
     }
 
