@@ -65,7 +65,8 @@ fn client_json(s: &crate::broker::session::Session) -> serde_json::Value {
     json!({
         "clientid": &*s.client_id,
         "username": st.username,
-        "connected": st.conn.is_some(),
+        "connected": st.conn.is_some() || s.is_connected(),
+        "node_id": match s.owner.load(std::sync::atomic::Ordering::Relaxed) { 0 => None, n => Some(n.to_string()) },
         "proto_ver": st.protocol.level(),
         "expiry_interval": st.expiry_interval,
         "subscriptions_cnt": st.subscriptions.len(),
@@ -97,6 +98,34 @@ fn not_found(id: &str) -> Response {
 }
 
 async fn kick(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if let Some(c) = s.broker.cluster() {
+        // In a cluster: a client connected here is kicked; an offline session is removed
+        // through Raft (from every node); one connected elsewhere is kicked by its node.
+        if s.broker.kick(&id, Kick::Admin) {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        let entry = c.read(|st| st.sessions.get(&id).map(|e| (e.connected, e.owner))).await;
+        return match entry {
+            None => not_found(&id),
+            Some((true, owner)) => {
+                let name = c.read(|st| st.nodes.get(&owner).map(|n| n.name.clone())).await;
+                (
+                    StatusCode::CONFLICT,
+                    Json(json!({"code": "CONNECTED_ELSEWHERE", "message": format!(
+                        "client {id} is connected to node {}; DELETE it there",
+                        name.unwrap_or_else(|| owner.to_string())
+                    )})),
+                )
+                    .into_response()
+            }
+            Some((false, _)) => {
+                match c.commit_wait(vec![crate::cluster::Command::Remove { client_id: id.clone() }]).await {
+                    Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                    Err(e) => unavailable(e),
+                }
+            }
+        };
+    }
     // A connected client is kicked (MQTT 5: DISCONNECT 0x98); an offline session is discarded.
     if s.broker.kick(&id, Kick::Admin) {
         tracing::info!(client_id = %id, "api.client_kicked");

@@ -351,3 +351,46 @@ async fn a_paused_node_acks_nothing_and_catches_up_and_a_dead_nodes_wills_are_pu
     watcher.ack(&p).await;
     watcher.no_publish(Duration::from_secs(1), "the will only once").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_ends_its_lost_connections_once_and_sessions_expire_cluster_wide() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let [p1, p3] = [c.nodes[0].mqtt, c.nodes[2].mqtt];
+    let (mut watcher, _) = v5_ok(p1, "watcher", true, 0).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+
+    tracing::info!("== a session that expires 1 s after its client leaves");
+    let (short, _) = v5_ok(p3, "short-lived", false, 1).await;
+    short.disconnect().await;
+    common::wait_for(
+        || (0..3).all(|i| http(c.nodes[i].api, "GET", "/api/v5/clients/short-lived", None).map(|r| r.0) == Some(404)),
+        Duration::from_secs(10),
+        "the session to expire on every node",
+    )
+    .await;
+
+    tracing::info!("== a client with a will on node 3; node 3 is killed and restarted at once");
+    let mut conn = connect_packet(Protocol::V5, "phoenix");
+    conn.will = Some(strait::mqtt::packet::Will {
+        topic: "wills/phoenix".into(),
+        payload: bytes::Bytes::from_static(b"lost"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    conn.properties.session_expiry_interval = Some(600);
+    let (_phoenix, ack) = Raw::connect_with(addr(p3), conn).await;
+    assert_eq!(ack.code, 0);
+    c.kill(2);
+    c.spawn(2);
+    c.wait_ready(&[0, 1, 2]).await;
+    let p = watcher.publish_in().await;
+    assert_eq!(&p.payload[..], b"lost", "the will of a connection lost with its node");
+    watcher.ack(&p).await;
+    watcher.no_publish(Duration::from_secs(3), "the will only once").await;
+    // The session itself survives (expiry 600 s), disconnected, and resumes on any node.
+    let (_again, present) = v5_ok(p1, "phoenix", false, 600).await;
+    assert!(present, "the persistent session outlived its node's restart");
+}

@@ -767,6 +767,13 @@ impl Broker {
             st.inflight.clear();
             st.awaiting_rel.clear();
             st.pending_will = None;
+        } else if !meta.connected && st.conn.is_some() && s.epoch.load(Ordering::Acquire) == meta.epoch {
+            // The cluster declared this node's connection gone (it was cut off from the
+            // majority): the client must reconnect and register again.
+            if let Some(conn) = st.conn.take() {
+                let _ = conn.kick.try_send(Kick::TakenOver);
+                tracing::info!(client_id, "session.disconnected_by_cluster");
+            }
         } else if prev_owner != me {
             // Ours now: what the client has not acknowledged comes from the replicated queue.
             st.expiry_interval = meta.expiry_interval;

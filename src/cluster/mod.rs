@@ -74,6 +74,8 @@ pub struct Cluster {
     faults: Arc<Faults>,
     broker: Arc<Broker>,
     pub metrics: ClusterMetrics,
+    /// Set once this node has re-registered after its start (see `announce`).
+    ready: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -170,6 +172,7 @@ impl Cluster {
             faults,
             broker: broker.clone(),
             metrics: ClusterMetrics::default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         });
@@ -191,7 +194,7 @@ impl Cluster {
     /// Whether this node can act for the cluster: it leads with a valid lease or follows a
     /// leader it heard from within the lease.
     pub fn available(&self) -> bool {
-        self.raft.leadership().borrow().lease
+        self.ready.load(Ordering::Acquire) && self.raft.leadership().borrow().lease
     }
 
     pub fn faults(&self) -> &Arc<Faults> {
@@ -357,17 +360,28 @@ async fn ack_batcher(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<(Arc
     }
 }
 
-/// Registers this node's addresses in the replicated membership (retried until it sticks).
+/// Registers this node's addresses in the replicated membership, and ends what the registry
+/// still holds of this node's previous run: sessions it owned as connected lost their
+/// connections with that process (they become disconnected, their wills are published). Until
+/// this is committed the node refuses CONNECT (retried until it sticks).
 async fn announce(cluster: Arc<Cluster>, info: NodeInfo) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let known = cluster.read(|s| s.nodes.get(&info.id) == Some(&info)).await;
-        if known {
-            return;
-        }
-        if cluster.available() {
-            match cluster.commit_wait(vec![Command::Join(info.clone())]).await {
-                Ok(_) => {
+        if cluster.raft.leadership().borrow().lease {
+            let cmds = vec![Command::Join(info.clone()), Command::NodeDown { node: info.id, at_ms: now_ms() }];
+            match cluster.commit_wait(cmds).await {
+                Ok(rs) => {
+                    for r in rs {
+                        if let Outcome::Orphaned { wills } = r.outcome {
+                            if !wills.is_empty() {
+                                tracing::info!(count = wills.len(), "cluster: wills of connections lost at restart");
+                            }
+                            for (client_id, will) in wills {
+                                cluster.broker.publish_will_cluster(&client_id, will);
+                            }
+                        }
+                    }
+                    cluster.ready.store(true, Ordering::Release);
                     tracing::info!(node = %info.name, "cluster.joined");
                     return;
                 }
