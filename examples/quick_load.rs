@@ -4,6 +4,9 @@
 //! pid, its RSS per idle connection.
 //!
 //!     cargo run --release --example quick_load -- 127.0.0.1:1883 200000 [PID] [IDLE]
+//!
+//! Cluster runs: `QL_PUB=127.0.0.1:1884` publishes on another node than the subscriber's;
+//! `QL_PERSISTENT=1` makes the subscriber's session persistent (QoS 1 then goes through Raft).
 
 use std::time::{Duration, Instant};
 
@@ -14,11 +17,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn connect(addr: &str, id: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
+    connect_with(addr, id, true).await
+}
+
+async fn connect_with(addr: &str, id: &str, clean: bool) -> anyhow::Result<(TcpStream, BytesMut)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let c = Connect {
         protocol: Protocol::V311,
-        clean_start: true,
+        clean_start: clean,
         keep_alive: 60,
         client_id: id.into(),
         will: None,
@@ -53,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
     let idle: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(5000);
     let origin = Instant::now();
 
-    let (mut sub, mut sbuf) = connect(&addr, "ql-sub").await?;
+    let persistent = std::env::var("QL_PERSISTENT").is_ok_and(|v| v == "1");
+    let pub_addr = std::env::var("QL_PUB").unwrap_or_else(|_| addr.clone());
+    let (mut sub, mut sbuf) = connect_with(&addr, "ql-sub", !persistent).await?;
     let mut out = BytesMut::new();
     let s = Subscribe {
         packet_id: 1,
@@ -98,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(lat)
     });
 
-    let (mut publ, mut pbuf) = connect(&addr, "ql-pub").await?;
+    let (mut publ, mut pbuf) = connect(&pub_addr, "ql-pub").await?;
     let started = Instant::now();
     let (mut sent, mut acked) = (0u32, 0u32);
     let window = 100;

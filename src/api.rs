@@ -276,8 +276,22 @@ async fn remove_node(State(s): State<ApiState>, Path(name): Path<String>) -> Res
     if let Err(e) = c.raft.remove(id).await {
         return unavailable(format!("removing {name}: {e}"));
     }
-    if let Err(e) = c.commit_wait(vec![crate::cluster::Command::Leave { node: id }]).await {
-        return unavailable(format!("removed from Raft, but its entry stays: {e}"));
+    // Its clients' connections end with it: disconnected, wills published (once, here).
+    let cmds = vec![
+        crate::cluster::Command::NodeDown { node: id, at_ms: crate::broker::message::now_ms() },
+        crate::cluster::Command::Leave { node: id },
+    ];
+    match c.commit_wait(cmds).await {
+        Ok(rs) => {
+            for r in rs {
+                if let crate::cluster::Outcome::Orphaned { wills } = r.outcome {
+                    for (client_id, will) in wills {
+                        s.broker.publish_will_cluster(&client_id, will);
+                    }
+                }
+            }
+        }
+        Err(e) => return unavailable(format!("removed from Raft, but its entry stays: {e}")),
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -1326,6 +1326,23 @@ fn decode(root: &Node) -> R<Config> {
         warnings,
     };
     check_ports(&config)?;
+    let mut config = config;
+    if !config.cluster.seeds.is_empty() {
+        let me = &config.node.name;
+        let named = config.cluster.seeds.iter().any(|s| Seed::parse(s).map(|x| &x.name == me).unwrap_or(false));
+        if !named {
+            config.warnings.push(format!(
+                "cluster.static.seeds: node.name {me:?} is not in the list: this node will not bootstrap a cluster; \
+                 it waits to be added (POST /api/v5/cluster/nodes on a member)"
+            ));
+        }
+        if !me.contains('@') {
+            return Err(Fail::new(
+                "node.name".to_string(),
+                format!("{me:?}: in a cluster the name must be name@host (peers reach this node at host)"),
+            ));
+        }
+    }
     Ok(config)
 }
 
