@@ -394,3 +394,30 @@ async fn a_restarted_node_ends_its_lost_connections_once_and_sessions_expire_clu
     let (_again, present) = v5_ok(p1, "phoenix", false, 600).await;
     assert!(present, "the persistent session outlived its node's restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_publisher_is_slowed_not_dropped_for_a_subscriber_on_another_node() {
+    init();
+    let c = ProcCluster::start(3, "mqtt.max_mqueue_len = 100");
+    c.wait_ready(&[0, 1, 2]).await;
+    let (mut sub, _) = v5_ok(c.nodes[1].mqtt, "slowpoke", true, 0).await;
+    sub.subscribe("fast/#", QoS::AtLeastOnce).await;
+    const N: usize = 3000;
+    let reader = tokio::spawn(async move { receive(&mut sub, N).await.len() });
+    let (mut p, _) = v5_ok(c.nodes[0].mqtt, "firehose", true, 0).await;
+    // Pipelined: 3000 QoS 1 PUBLISHes without waiting, then their PUBACKs.
+    for i in 0..N {
+        p.send(&Packet::Publish(publish("fast/x", QoS::AtLeastOnce, format!("{i}").as_bytes(), (i % 60000 + 1) as u16)))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < N {
+        match p.next(Duration::from_secs(10)).await {
+            Got::Packet(Packet::PubAck(_)) => acked += 1,
+            Got::Packet(_) => {}
+            other => panic!("publisher: {other:?} after {acked} PUBACKs"),
+        }
+    }
+    let got = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader done").expect("reader");
+    assert_eq!(got, N, "every acknowledged message reached the subscriber on the other node");
+}

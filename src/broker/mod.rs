@@ -47,11 +47,32 @@ pub struct Broker {
     cluster: OnceLock<Weak<Cluster>>,
 }
 
+/// Something a publisher must wait for before it reads on (flow control instead of drops).
+pub enum Congestion {
+    /// A connected local subscriber past half its queue bound.
+    Session(Arc<Session>),
+    /// The data-plane queue to another node past half its bound.
+    Peer(Arc<strait_raft::net::peer::PeerSender>),
+}
+
+impl Congestion {
+    /// Wait, at most `max`, until it has drained below a quarter.
+    pub async fn wait(&self, broker: &Broker, max: Duration) {
+        match self {
+            Congestion::Session(s) => broker.wait_drained(s, max).await,
+            Congestion::Peer(p) => p.wait_drained(max).await,
+        }
+    }
+
+    pub fn is_session(&self, s: &Arc<Session>) -> bool {
+        matches!(self, Congestion::Session(x) if Arc::ptr_eq(x, s))
+    }
+}
+
 /// What a PUBLISH set in motion.
 pub struct Published {
-    /// The fullest connected local subscriber past half its queue bound, if any: the
-    /// publisher's connection waits for it to drain (flow control instead of drops).
-    pub congested: Option<Arc<Session>>,
+    /// What the publisher's connection must wait for before reading on, if anything.
+    pub congested: Option<Congestion>,
     /// In a cluster: what must be committed before the publisher is acknowledged (the retained
     /// message, durable deliveries to persistent sessions).
     pub commands: Vec<Command>,
@@ -357,6 +378,7 @@ impl Broker {
             return Published { congested: None, commands };
         }
         let mut targets: Vec<Target> = Vec::new();
+        let mut peer_congested = None;
         // Overlapping non-shared subscriptions of one session yield one delivery with the
         // highest QoS and all subscription identifiers (MQTT-3.3.4-2/-3/-5).
         matches.sort_by_key(|m| (Arc::as_ptr(&m.session) as usize, m.shared));
@@ -394,7 +416,9 @@ impl Broker {
                     }
                     let owner = m.session.owner.load(Ordering::Acquire);
                     if owner != c.id {
-                        c.forward(owner, &m.session.client_id, &d);
+                        if let Some(p) = c.forward(owner, &m.session.client_id, &d) {
+                            peer_congested = Some(p);
+                        }
                         i = j;
                         continue;
                     }
@@ -413,7 +437,8 @@ impl Broker {
             let limit = self.mqtt.max_mqueue_len.min(u32::MAX as usize) as u32;
             commands.push(Command::Enqueue { msg: (*msg).clone(), targets, limit });
         }
-        Published { congested: congested.map(|(_, s)| s), commands }
+        let congested = congested.map(|(_, s)| Congestion::Session(s)).or(peer_congested.map(Congestion::Peer));
+        Published { congested, commands }
     }
 
     /// Wait (bounded by `max`) until `session`'s queue is below a quarter of its bound.
@@ -819,13 +844,16 @@ impl Broker {
         self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
     }
 
-    /// A delivery forwarded by another node for a session owned here.
-    pub fn deliver_forwarded(&self, client_id: &str, d: Delivery) {
-        let Some(s) = self.session(client_id) else { return };
+    /// A delivery forwarded by another node for a session owned here. Returns the session when
+    /// it is connected and its queue is past half its bound (the data plane then waits).
+    pub fn deliver_forwarded(&self, client_id: &str, d: Delivery) -> Option<Arc<Session>> {
+        let s = self.session(client_id)?;
         let me = self.cluster().map(|c| c.id).unwrap_or(0);
-        if s.owner.load(Ordering::Acquire) == me {
-            self.offer(&s, d);
+        if s.owner.load(Ordering::Acquire) != me {
+            return None;
         }
+        let depth = self.offer(&s, d);
+        (depth > self.mqtt.max_mqueue_len / 2 && s.is_connected()).then_some(s)
     }
 
     /// Attach a connection to a session whose CONNECT was committed (the applier prepared the

@@ -36,6 +36,9 @@ use crate::config::{node_id, Config, Seed};
 
 pub use state::{ClusterState, Command, NodeInfo, Outcome, Response, Target};
 
+/// Deliveries queued per peer; past half, publishers wait (a deeper queue only adds latency).
+const PEER_QUEUE: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cluster.static.seeds: {0}")]
@@ -86,11 +89,19 @@ struct Receiver {
 }
 
 impl PeerHandler for Receiver {
-    fn on_item(&self, from: u64, item: Bytes) {
-        let Some(broker) = self.broker.upgrade() else { return };
+    fn on_item(&self, from: u64, item: Bytes) -> Option<peer::Wait> {
+        let broker = self.broker.upgrade()?;
         match bincode::serde::decode_from_slice::<(String, Delivery), _>(&item, bincode::config::standard()) {
-            Ok(((client_id, d), _)) => broker.deliver_forwarded(&client_id, d),
-            Err(e) => tracing::warn!(from, "undecodable data-plane item: {e}"),
+            Ok(((client_id, d), _)) => {
+                // A subscriber past half its queue: stop reading this peer until it drains
+                // (the sending node's publishers then slow down, as on one node).
+                let slow = broker.deliver_forwarded(&client_id, d)?;
+                Some(Box::pin(async move { broker.wait_drained(&slow, Duration::from_millis(500)).await }))
+            }
+            Err(e) => {
+                tracing::warn!(from, "undecodable data-plane item: {e}");
+                None
+            }
         }
     }
 }
@@ -254,23 +265,25 @@ impl Cluster {
     }
 
     /// Send a delivery for `client_id` to its owner node over the data plane (best effort).
-    pub fn forward(&self, owner: u64, client_id: &str, d: &Delivery) {
+    /// Returns the peer's sender when its queue is past half full: the publisher should wait.
+    pub fn forward(&self, owner: u64, client_id: &str, d: &Delivery) -> Option<Arc<PeerSender>> {
         let item = match bincode::serde::encode_to_vec((client_id, d), bincode::config::standard()) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::warn!("data plane: cannot encode a delivery: {e}");
-                return;
+                return None;
             }
         };
         let Some(sender) = self.peer(owner) else {
             self.metrics.forward_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         if sender.send(item) {
             self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics.forward_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        sender.congested().then_some(sender)
     }
 
     fn peer(&self, node: u64) -> Option<Arc<PeerSender>> {
@@ -284,7 +297,7 @@ impl Cluster {
             node,
             addr,
             self.faults.clone(),
-            65_536,
+            PEER_QUEUE,
             self.cancel.clone(),
             &self.tracker,
         );

@@ -134,7 +134,7 @@ struct Live {
     connect_expiry: u32,
     /// A connected subscriber whose queue this connection's publishes filled past half: stop
     /// reading until it drains (TCP backpressure on the publisher instead of drops).
-    throttle: Option<Arc<Session>>,
+    throttle: Option<crate::broker::Congestion>,
     /// Acknowledgements in order, some waiting for cluster commits.
     pending: VecDeque<Pending>,
 }
@@ -416,7 +416,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         loop {
             if let Some(slow) = live.throttle.take() {
                 // Our own PUBACKs wait too: that is what slows the publisher down.
-                self.broker.wait_drained(&slow, Duration::from_millis(500)).await;
+                slow.wait(&self.broker, Duration::from_millis(500)).await;
                 // Packets already read but not handled because of the throttle.
                 if let Some(close) = self.process_input(live, max) {
                     return close;
@@ -764,7 +764,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             let published = self.broker.publish(Arc::new(msg));
             if let Some(slow) = published.congested {
                 // Never wait on our own queue: only this task drains it.
-                if !Arc::ptr_eq(&slow, &live.session) {
+                if !slow.is_session(&live.session) {
                     live.throttle = Some(slow);
                 }
             }

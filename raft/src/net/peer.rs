@@ -2,14 +2,20 @@
 //! long-lived client stream per peer, items batched into frames, delivered in the order they
 //! were sent. Best effort: items queued while a peer is unreachable are dropped (counted), the
 //! stream reconnects with backoff. What must survive goes through Raft instead.
+//!
+//! Backpressure end to end: the receiver may ask to wait before it reads on (its consumer is
+//! slow); HTTP/2 flow control then stalls the sender's stream, its queue fills, and the
+//! application sees `PeerSender::congested` and slows its producers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,9 +32,13 @@ const FRAME_ITEMS: usize = 512;
 /// Bytes per frame at most (before the last item).
 const FRAME_BYTES: usize = 1 << 20;
 
-/// What the application does with items from a peer.
+/// A wait the receiver asks for before it reads on.
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the application does with items from a peer. Returning a wait pauses this stream
+/// (and, through flow control, the sender) until it completes.
 pub trait PeerHandler: Send + Sync + 'static {
-    fn on_item(&self, from: u64, item: Bytes);
+    fn on_item(&self, from: u64, item: Bytes) -> Option<Wait>;
 }
 
 struct PeerSvc<H> {
@@ -61,7 +71,9 @@ impl<H: PeerHandler> pb::peer_server::Peer for PeerSvc<H> {
                 if n > frame.remaining() {
                     return Err(Status::invalid_argument("truncated item in frame"));
                 }
-                self.handler.on_item(from, frame.split_to(n));
+                if let Some(wait) = self.handler.on_item(from, frame.split_to(n)) {
+                    wait.await;
+                }
             }
         }
         Ok(Response::new(Bytes::new()))
@@ -77,11 +89,39 @@ pub fn routes<H: PeerHandler>(me: Identity, handler: Arc<H>, faults: Arc<Faults>
 /// The sending side of the stream to one peer.
 pub struct PeerSender {
     tx: mpsc::Sender<Bytes>,
+    cap: usize,
+    drained: Notify,
     pub dropped: AtomicU64,
     pub sent: AtomicU64,
 }
 
 impl PeerSender {
+    /// Items waiting to be sent.
+    pub fn depth(&self) -> usize {
+        self.cap - self.tx.capacity()
+    }
+
+    /// More than half the queue is waiting: producers should slow down.
+    pub fn congested(&self) -> bool {
+        self.depth() > self.cap / 2
+    }
+
+    /// Wait (at most `max`) until the queue is below a quarter of its bound.
+    pub async fn wait_drained(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, async {
+            loop {
+                let n = self.drained.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if self.depth() <= self.cap / 4 {
+                    break;
+                }
+                n.await;
+            }
+        })
+        .await;
+    }
+
     /// Queue one item; false (and counted) when the queue is full.
     pub fn send(&self, item: Bytes) -> bool {
         if self.tx.try_send(item).is_ok() {
@@ -104,8 +144,10 @@ pub fn spawn_sender(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Arc<PeerSender> {
-    let (tx, rx) = mpsc::channel(queue.max(1));
-    let sender = Arc::new(PeerSender { tx, dropped: AtomicU64::new(0), sent: AtomicU64::new(0) });
+    let cap = queue.max(4);
+    let (tx, rx) = mpsc::channel(cap);
+    let sender =
+        Arc::new(PeerSender { tx, cap, drained: Notify::new(), dropped: AtomicU64::new(0), sent: AtomicU64::new(0) });
     tracker.spawn(run_sender(me, target, addr, faults, rx, cancel, sender.clone()));
     sender
 }
@@ -120,7 +162,6 @@ async fn run_sender(
     sender: Arc<PeerSender>,
 ) {
     let mut backoff = Duration::from_millis(20);
-    let mut carry: Option<Bytes> = None;
     'outer: loop {
         if cancel.is_cancelled() {
             break;
@@ -133,21 +174,18 @@ async fn run_sender(
             }
         };
         let mut client = pb::peer_client::PeerClient::new(chan).max_encoding_message_size(MAX_MESSAGE);
-        let (ftx, frx) = mpsc::channel::<Bytes>(16);
+        let (ftx, frx) = mpsc::channel::<Bytes>(2);
         let frames = futures_util::stream::unfold(frx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         let call = client.stream(request(&me, target, frames));
         tokio::pin!(call);
         loop {
-            let first = match carry.take() {
-                Some(b) => b,
-                None => tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    r = &mut call => {
-                        tracing::debug!(target, "peer stream ended: {:?}", r.err());
-                        break;
-                    }
-                    m = rx.recv() => match m { Some(m) => m, None => break 'outer },
-                },
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break 'outer,
+                r = &mut call => {
+                    tracing::debug!(target, "peer stream ended: {:?}", r.err());
+                    break;
+                }
+                m = rx.recv() => match m { Some(m) => m, None => break 'outer },
             };
             // Batch what is waiting into one frame.
             let mut frame = BytesMut::with_capacity(first.len() + 4);
@@ -180,8 +218,12 @@ async fn run_sender(
                     break;
                 },
             }
+            if sender.depth() <= sender.cap / 4 {
+                sender.drained.notify_waiters();
+            }
             backoff = Duration::from_millis(20);
         }
+        sender.drained.notify_waiters();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
