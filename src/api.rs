@@ -31,6 +31,7 @@ pub fn router(broker: Arc<Broker>, node: String) -> Router {
         .route("/api/v5/cluster", get(cluster))
         .route("/api/v5/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v5/cluster/nodes/{name}", delete(remove_node))
+        .route("/api/v5/cluster/links", get(links))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
@@ -156,6 +157,11 @@ async fn subscriptions(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({ "data": data, "meta": { "count": data.len() } }))
 }
 
+async fn links(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let data: Vec<_> = s.broker.links.get().map(|l| l.iter().map(|x| x.to_json()).collect()).unwrap_or_default();
+    Json(json!({ "data": data, "meta": { "count": data.len() } }))
+}
+
 fn no_cluster() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -215,7 +221,7 @@ async fn cluster(State(s): State<ApiState>) -> Response {
         "name": c.cluster_name,
         "node": c.node_name,
         "leader": l.leader.map(name_of),
-        "available": l.lease,
+        "available": c.available(),
         "state": format!("{:?}", l.state).to_lowercase(),
         "term": m.current_term,
         "commit_index": m.local_committed.map(|x| x.index),

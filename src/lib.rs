@@ -7,6 +7,7 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;

@@ -57,7 +57,7 @@ impl Node {
 
         let mut bound = Vec::new();
         for (name, l) in &cfg.listeners.tcp {
-            if !l.enable || name == "clink" {
+            if !l.enable {
                 continue;
             }
             bound.push(listener::bind(&format!("tcp.{name}"), l.bind, l.max_connections).await?);
@@ -88,6 +88,7 @@ impl Node {
         } else {
             None
         };
+        crate::link::start(&cfg, broker.clone(), shutdown.clone(), &tracker);
         let mut listeners = Vec::new();
         for b in bound {
             if let Ok(addr) = b.listener.local_addr() {

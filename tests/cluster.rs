@@ -407,8 +407,13 @@ async fn a_fast_publisher_is_slowed_not_dropped_for_a_subscriber_on_another_node
     let (mut p, _) = v5_ok(c.nodes[0].mqtt, "firehose", true, 0).await;
     // Pipelined: 3000 QoS 1 PUBLISHes without waiting, then their PUBACKs.
     for i in 0..N {
-        p.send(&Packet::Publish(publish("fast/x", QoS::AtLeastOnce, format!("{i}").as_bytes(), (i % 60000 + 1) as u16)))
-            .await;
+        p.send(&Packet::Publish(publish(
+            "fast/x",
+            QoS::AtLeastOnce,
+            format!("{i}").as_bytes(),
+            (i % 60000 + 1) as u16,
+        )))
+        .await;
     }
     let mut acked = 0;
     while acked < N {

@@ -31,6 +31,8 @@ use session::{ConnHandle, Enqueued, Kick, Session, SessionRecord, Subscription};
 
 /// Topic prefix reserved for cluster links: no ordinary client may publish or subscribe.
 pub const LINK_PREFIX: &str = "$LINK/";
+/// Publisher id of a message that came in over a cluster link: `$link:<remote cluster>`.
+pub const LINK_PUBLISHER: &str = "$link:";
 
 pub struct Broker {
     pub mqtt: MqttConfig,
@@ -45,6 +47,12 @@ pub struct Broker {
     conn_ids: AtomicU64,
     pub shutdown: CancellationToken,
     cluster: OnceLock<Weak<Cluster>>,
+    /// Names of the configured (enabled) links: the clusters whose link clients may connect.
+    pub link_names: Vec<String>,
+    /// Woken whenever the router changes (link route sync).
+    pub routes_changed: tokio::sync::Notify,
+    /// Status of this node's outbound links (set by the link supervisors).
+    pub links: OnceLock<Vec<Arc<crate::link::LinkStatus>>>,
 }
 
 /// Something a publisher must wait for before it reads on (flow control instead of drops).
@@ -122,6 +130,9 @@ impl Broker {
             conn_ids: AtomicU64::new(1),
             shutdown,
             cluster: OnceLock::new(),
+            link_names: cfg.cluster.links.iter().filter(|l| l.enable).map(|l| l.name.clone()).collect(),
+            routes_changed: tokio::sync::Notify::new(),
+            links: OnceLock::new(),
         });
         broker.load()?;
         Ok(broker)
@@ -400,7 +411,10 @@ impl Broker {
                     j += 1;
                 }
             }
-            if !(opts.no_local && !m.shared && *m.session.client_id == *msg.publisher) {
+            let from_link = msg.publisher.starts_with(LINK_PUBLISHER);
+            let skip = (opts.no_local && !m.shared && *m.session.client_id == *msg.publisher)
+                || (from_link && m.session.link.load(Ordering::Relaxed));
+            if !skip {
                 let d = Delivery::live(&msg, &opts, ids);
                 if let Some(c) = &cluster {
                     // QoS>=1 to a persistent session, wherever it lives: through Raft.
@@ -524,6 +538,7 @@ impl Broker {
     }
 
     fn route_add(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
+        self.routes_changed.notify_waiters();
         let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id };
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.subscribe(inner, Some(group), subscriber),
@@ -532,6 +547,7 @@ impl Broker {
     }
 
     fn route_remove(&self, session: &Arc<Session>, filter: &str) {
+        self.routes_changed.notify_waiters();
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.unsubscribe(inner, Some(group), session),
             _ => self.router.unsubscribe(filter, None, session),
@@ -778,6 +794,7 @@ impl Broker {
         };
         let prev_owner = s.owner.swap(meta.owner, Ordering::AcqRel);
         s.epoch.store(meta.epoch, Ordering::Release);
+        s.link.store(meta.link, Ordering::Release);
         let mut st = s.lock();
         st.protocol = meta.protocol;
         if meta.owner != me {

@@ -95,6 +95,9 @@ pub struct Session {
     pub owner: AtomicU64,
     /// In a cluster: the epoch of the CONNECT that made the current owner's connection.
     pub epoch: AtomicU64,
+    /// The session of another cluster's link client: messages that came in over a link are
+    /// not sent back out over one (no loops, no transit).
+    pub link: AtomicBool,
 }
 
 impl Session {
@@ -124,6 +127,7 @@ impl Session {
             dropped: AtomicU64::new(0),
             owner: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            link: AtomicBool::new(false),
         })
     }
 

@@ -42,6 +42,8 @@ pub struct SessionEntry {
     pub disconnected_at_ms: Option<u64>,
     /// The live connection's will (published by the leader when the owner node dies).
     pub will: Option<Will>,
+    /// The session of another cluster's link client.
+    pub link: bool,
     pub subscriptions: BTreeMap<String, Subscription>,
     /// Durable QoS>=1 deliveries not yet acknowledged by the client, by sequence number.
     pub queue: BTreeMap<u64, Delivery>,
@@ -78,6 +80,7 @@ pub enum Command {
         clean_start: bool,
         expiry_interval: u32,
         will: Option<Will>,
+        link: bool,
     },
     /// The connection of `epoch` ended at `at_ms` (with `expiry_interval` in force then).
     Disconnect {
@@ -191,6 +194,7 @@ pub struct SessionMeta {
     pub connected: bool,
     pub protocol: Protocol,
     pub expiry_interval: u32,
+    pub link: bool,
 }
 
 impl From<&SessionEntry> for SessionMeta {
@@ -201,6 +205,7 @@ impl From<&SessionEntry> for SessionMeta {
             connected: e.connected,
             protocol: e.protocol,
             expiry_interval: e.expiry_interval,
+            link: e.link,
         }
     }
 }
@@ -248,7 +253,7 @@ impl ClusterState {
                 out.push(Change::Nodes(s.nodes.clone()));
                 Outcome::Done
             }
-            Command::Connect { client_id, node, protocol, clean_start, expiry_interval, will } => {
+            Command::Connect { client_id, node, protocol, clean_start, expiry_interval, will, link } => {
                 let prev = s.sessions.remove(&client_id);
                 let epoch = prev.as_ref().map(|p| p.epoch + 1).unwrap_or(1);
                 let (present, mut entry) = match prev {
@@ -263,6 +268,7 @@ impl ClusterState {
                             expiry_interval,
                             disconnected_at_ms: None,
                             will: None,
+                            link,
                             subscriptions: BTreeMap::new(),
                             queue: BTreeMap::new(),
                         },
@@ -275,6 +281,7 @@ impl ClusterState {
                 entry.expiry_interval = expiry_interval;
                 entry.disconnected_at_ms = None;
                 entry.will = will;
+                entry.link = link;
                 out.push(Change::Session {
                     client_id: client_id.clone(),
                     entry: Some(SessionMeta::from(&entry)),

@@ -35,6 +35,9 @@ const HIGH_WATER: usize = 64 * 1024;
 /// Read buffer of an idle connection; a connection whose reads fill it gets `BUSY_READ`.
 const IDLE_READ: usize = 512;
 const BUSY_READ: usize = 16 * 1024;
+/// CONNECT user property by which another cluster's link client names its cluster.
+pub const LINK_PROPERTY: &str = "strait-link";
+
 /// Acknowledgements waiting for a cluster commit before this connection stops reading.
 const PENDING_MAX: usize = 256;
 
@@ -223,8 +226,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut assigned = None;
         let mut client_id = c.client_id.clone();
         let mut fail = None;
+        // Another cluster's link client names its cluster; it must be a configured link.
+        let link_from = c.properties.user_properties.iter().find(|(k, _)| k == LINK_PROPERTY).map(|(_, v)| v.clone());
         if c.properties.authentication_method.is_some() {
             fail = Some(reason::BAD_AUTHENTICATION_METHOD);
+        } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.link_names.contains(*r)) {
+            tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
+            fail = Some(reason::NOT_AUTHORIZED);
+        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) {
+            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if client_id.len() > cfg.max_clientid_len {
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if client_id.is_empty() {
@@ -283,7 +293,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let max_out = c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX);
 
         let attached = match self.broker.cluster() {
-            None => self.broker.attach(&client_id, c.protocol, c.clean_start, expiry),
+            None => {
+                let a = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
+                a.session.link.store(link_from.is_some(), std::sync::atomic::Ordering::Release);
+                a
+            }
             Some(cluster) => {
                 // In a cluster the session's ownership is committed first; a node without a
                 // leader (partitioned minority) refuses.
@@ -302,6 +316,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         clean_start: c.clean_start,
                         expiry_interval: expiry,
                         will: c.will.clone(),
+                        link: link_from.is_some(),
                     };
                     match cluster.commit_wait(vec![cmd]).await {
                         Ok(rs) => {

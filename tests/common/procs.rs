@@ -17,6 +17,8 @@ pub struct ProcNode {
     pub mqtt: u16,
     pub api: u16,
     pub raft: u16,
+    /// The link listener (`listeners.tcp.clink`), enabled by `link_to`.
+    pub clink: u16,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -28,9 +30,12 @@ pub struct ProcCluster {
     pub dir: TempDir,
 }
 
-/// A port free right now (bound and released; the node binds it moments later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+/// Distinct ports free right now. All are held until all are chosen (so none repeats), then
+/// released for the nodes to bind moments later.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    held.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
 }
 
 impl ProcCluster {
@@ -48,12 +53,15 @@ impl ProcCluster {
     pub fn configure(cluster: &str, n: usize, seeds: usize, extra: &str) -> ProcCluster {
         let dir = TempDir::new("proc-cluster");
         let mut nodes = Vec::new();
+        let mut ports = free_ports(n * 4).into_iter();
+        let mut port = move || ports.next().expect("port");
         for i in 0..n {
             nodes.push(ProcNode {
                 name: format!("n{}@127.0.0.1", i + 1),
-                mqtt: free_port(),
-                api: free_port(),
-                raft: free_port(),
+                mqtt: port(),
+                api: port(),
+                raft: port(),
+                clink: port(),
                 config: dir.path().join(format!("n{}.hocon", i + 1)),
                 log: dir.path().join(format!("n{}.log", i + 1)),
                 child: None,
@@ -76,6 +84,34 @@ impl ProcCluster {
             std::fs::write(&n.config, text).expect("write config");
         }
         ProcCluster { cluster: cluster.to_string(), nodes, dir }
+    }
+
+    /// Link this cluster to `other` (this cluster wants `topics` from it) and open this
+    /// cluster's link listener; appended to every node's config (HOCON merges the objects).
+    pub fn link_to(&self, other: &ProcCluster, topics: &str) {
+        let servers: Vec<String> = other.nodes.iter().map(|n| format!("127.0.0.1:{}", n.clink)).collect();
+        for n in &self.nodes {
+            let mut text = std::fs::read_to_string(&n.config).expect("config");
+            text.push_str(&format!(
+                "cluster {{ links = [ {{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = {topics}, retry_interval = 500ms }} ] }}\nlisteners.tcp.clink.bind = \"127.0.0.1:{}\"\n",
+                other.cluster,
+                servers.join(","),
+                self.cluster,
+                n.clink
+            ));
+            std::fs::write(&n.config, text).expect("config");
+        }
+    }
+
+    /// Replace the link's topics (a restart applies it).
+    pub fn set_link_topics(&self, topics: &str) {
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.config).expect("config");
+            let start = text.find("topics = ").expect("a link");
+            let end = start + text[start..].find(", retry_interval").expect("link end");
+            let text = format!("{}topics = {topics}{}", &text[..start], &text[end..]);
+            std::fs::write(&n.config, text).expect("config");
+        }
     }
 
     pub fn spawn(&mut self, i: usize) {
@@ -160,6 +196,30 @@ impl ProcCluster {
             if Instant::now() > deadline {
                 self.dump_logs();
                 panic!("cluster not ready within 30 s; last statuses: {sts:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the leader's link named `name` is connected with `route` among its routes
+    /// (None: any routes); returns its status.
+    pub async fn wait_link(&self, name: &str, route: Option<&str>) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for i in 0..self.nodes.len() {
+                let Some((200, body)) = http_get(self.nodes[i].api, "/api/v5/cluster/links") else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
+                let Some(l) = v["data"].as_array().and_then(|a| a.iter().find(|l| l["name"] == name).cloned()) else {
+                    continue;
+                };
+                let routed = route.is_none_or(|r| l["routes"].as_array().is_some_and(|rs| rs.iter().any(|x| x == r)));
+                if l["status"] == "connected" && routed {
+                    return l;
+                }
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("link {name} of {} not connected with route {route:?} within 20 s", self.cluster);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

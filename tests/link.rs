@@ -1,0 +1,163 @@
+//! Cluster linking between two regional clusters of real `strait` processes: the seed's verify
+//! steps with the stock mosquitto clients, both directions, then asymmetric; the link under a
+//! leader SIGKILL with QoS 1 traffic.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::procs::ProcCluster;
+use common::raw::{connect_packet, publish, Got, Raw};
+use common::require_binary;
+use strait::mqtt::packet::{Packet, Protocol, PubResp, QoS};
+
+fn init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Two linked 3-node clusters, both wanting `#` from the other (the seed's symmetric link).
+async fn regions(east_topics: &str, west_topics: &str) -> (ProcCluster, ProcCluster) {
+    let mut east = ProcCluster::configure("cluster-us-east", 3, 3, "");
+    let mut west = ProcCluster::configure("cluster-eu-west", 3, 3, "");
+    east.link_to(&west, east_topics);
+    west.link_to(&east, west_topics);
+    for i in 0..3 {
+        east.spawn(i);
+        west.spawn(i);
+    }
+    east.wait_ready(&[0, 1, 2]).await;
+    west.wait_ready(&[0, 1, 2]).await;
+    (east, west)
+}
+
+/// `mosquitto_sub -t FILTER -q 1 -v -C n` on `port`, started now; returns its output later.
+fn mosquitto_sub(port: u16, filter: &str, n: usize) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", filter, "-q", "1", "-v", "-C", &n.to_string()])
+        .args(["-W", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mosquitto_sub")
+}
+
+fn mosquitto_pub(port: u16, topic: &str, msg: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", msg, "-q", "1"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Wait until the node whose API is on `api` lists a subscription to `filter`.
+async fn subscribed(api: u16, filter: &str) {
+    let want = format!("\"topic\":\"{filter}\"");
+    common::wait_for(
+        || common::procs::http_get(api, "/api/v5/subscriptions").is_some_and(|(_, b)| b.contains(&want)),
+        Duration::from_secs(10),
+        "the subscription to show up",
+    )
+    .await;
+}
+
+fn output(child: std::process::Child) -> String {
+    let out = child.wait_with_output().expect("mosquitto_sub output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.trim().is_empty() {
+        tracing::warn!("mosquitto_sub: {err}");
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_verify_steps_both_directions_then_asymmetric() {
+    init();
+    require_binary("mosquitto_sub");
+    let (east, mut west) = regions("[\"#\"]", "[\"#\"]").await;
+
+    tracing::info!("== step 1-3: subscribe linked/# on us-east, publish linked/42 on eu-west");
+    let sub = mosquitto_sub(east.nodes[0].mqtt, "linked/#", 1);
+    east.wait_link("cluster-eu-west", Some("linked/#")).await;
+    let started = std::time::Instant::now();
+    mosquitto_pub(west.nodes[1].mqtt, "linked/42", "Hello from the other side!");
+    assert_eq!(output(sub).trim(), "linked/42 Hello from the other side!");
+    tracing::info!("== eu-west -> us-east delivered in {:?}", started.elapsed());
+
+    tracing::info!("== step 4: the other direction");
+    let sub = mosquitto_sub(west.nodes[2].mqtt, "linked/#", 1);
+    west.wait_link("cluster-us-east", Some("linked/#")).await;
+    mosquitto_pub(east.nodes[2].mqtt, "linked/1", "Hello from US!");
+    assert_eq!(output(sub).trim(), "linked/1 Hello from US!");
+
+    tracing::info!("== asymmetric: eu-west wants nothing from us-east (topics = [])");
+    for i in 0..3 {
+        west.kill(i);
+    }
+    west.set_link_topics("[]");
+    for i in 0..3 {
+        west.spawn(i);
+    }
+    west.wait_ready(&[0, 1, 2]).await;
+    let west_sub = mosquitto_sub(west.nodes[0].mqtt, "linked/#", 1);
+    let east_sub = mosquitto_sub(east.nodes[1].mqtt, "linked/#", 1);
+    subscribed(west.nodes[0].api, "linked/#").await;
+    subscribed(east.nodes[1].api, "linked/#").await;
+    east.wait_link("cluster-eu-west", Some("linked/#")).await;
+    west.wait_link("cluster-us-east", None).await;
+    mosquitto_pub(east.nodes[0].mqtt, "linked/east", "stays in the east");
+    mosquitto_pub(west.nodes[0].mqtt, "linked/west", "goes east");
+    let east_got = output(east_sub);
+    assert!(east_got.contains("linked/east stays in the east"), "a local message: {east_got}");
+    let west_got = output(west_sub);
+    assert_eq!(west_got.trim(), "linked/west goes east", "eu-west gets only its own message: {west_got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_survives_a_leader_sigkill_without_losing_acknowledged_messages() {
+    init();
+    let (mut east, west) = regions("[\"#\"]", "[\"#\"]").await;
+    let east_leader = east.wait_ready(&[0, 1, 2]).await;
+    let sub_node = (east_leader + 1) % 3;
+    let mut c = connect_packet(Protocol::V5, "far-sub");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (mut sub, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[sub_node].mqtt).into(), c).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(sub.subscribe("far/#", QoS::AtLeastOnce).await, vec![1]);
+    east.wait_link("cluster-eu-west", Some("far/#")).await;
+
+    let (mut p, ack) = Raw::connect(([127, 0, 0, 1], west.nodes[0].mqtt).into(), Protocol::V5, "far-pub").await;
+    assert_eq!(ack.code, 0);
+    let n: u16 = 300;
+    let mut received = std::collections::BTreeSet::new();
+    let mut deliveries = 0usize;
+    for i in 0..n {
+        assert_eq!(p.publish(publish("far/x", QoS::AtLeastOnce, format!("{i}").as_bytes(), i + 1)).await, 0);
+        if i == 100 {
+            east.kill(east_leader);
+        }
+    }
+    tracing::info!("== {n} acknowledged on eu-west; the us-east leader was killed at #100");
+    let started = std::time::Instant::now();
+    while received.len() < n as usize {
+        match sub.next(Duration::from_secs(20)).await {
+            Got::Packet(Packet::Publish(m)) => {
+                sub.send(&Packet::PubAck(PubResp::new(m.packet_id, 0))).await;
+                received.insert(String::from_utf8_lossy(&m.payload).parse::<u16>().expect("payload"));
+                deliveries += 1;
+            }
+            Got::Packet(_) => {}
+            other => panic!("after {} messages: {other:?}", received.len()),
+        }
+    }
+    tracing::info!(
+        "== all {n} received {:?} after the last publish ({} redelivered at QoS 1)",
+        started.elapsed(),
+        deliveries - received.len()
+    );
+    assert_eq!(received, (0..n).collect(), "every acknowledged message crossed the link");
+}
