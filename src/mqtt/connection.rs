@@ -233,9 +233,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.link_names.contains(*r)) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
             fail = Some(reason::NOT_AUTHORIZED);
-        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) {
-            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        } else if client_id.len() > cfg.max_clientid_len {
+        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) || client_id.len() > cfg.max_clientid_len {
+            // (`$link:` names the origin of messages that came over a cluster link.)
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if client_id.is_empty() {
             if !v5 && !c.clean_start {
