@@ -311,5 +311,8 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     if let Some(c) = s.broker.cluster() {
         crate::metrics::render_cluster(&mut body, &c);
     }
+    if let Some(links) = s.broker.links.get() {
+        crate::metrics::render_links(&mut body, links);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -101,6 +101,10 @@ impl LinkStatus {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).routes = routes.iter().cloned().collect();
     }
 
+    pub fn route_count(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).routes.len()
+    }
+
     pub fn status(&self) -> &'static str {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).status
     }

@@ -80,6 +80,8 @@ pub fn tls_acceptor(name: &str, cfg: &SslListenerConfig) -> Result<TlsAcceptor, 
 pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(bound.max_connections));
     let name = bound.name;
+    // The seed's dedicated link listener serves only other clusters' link clients.
+    let link_only = name == "tcp.clink" || name == "ssl.clink";
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -108,7 +110,7 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
             None => {
                 let (rd, wr) = stream.into_split();
                 tracker.spawn(async move {
-                    connection::serve(rd, wr, peer, broker).await;
+                    connection::serve(rd, wr, peer, broker, link_only).await;
                     drop(permit);
                 });
             }
@@ -118,7 +120,7 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
                     match handshake {
                         Ok(Ok(tls)) => {
                             let (rd, wr) = tokio::io::split(tls);
-                            connection::serve(rd, wr, peer, broker).await;
+                            connection::serve(rd, wr, peer, broker, link_only).await;
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls.handshake failed"),
                         Err(_) => tracing::info!(%peer, "tls.handshake timed out"),

@@ -183,3 +183,35 @@ pub fn render_cluster(s: &mut String, c: &crate::cluster::Cluster) {
     );
     g("strait_cluster_acks_total", "Durable deliveries acknowledged by clients", "counter", ld(&cm.acks));
 }
+
+type LinkSeries = (&'static str, &'static str, &'static str, fn(&crate::link::LinkStatus) -> u64);
+
+/// Per-link metrics (labels: link = the remote cluster's name).
+pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkStatus>]) {
+    if links.is_empty() {
+        return;
+    }
+    let series: [LinkSeries; 5] = [
+        ("strait_link_connected", "1 when this node holds the link's connection", "gauge", |l| {
+            u64::from(l.status() == "connected")
+        }),
+        ("strait_link_routes", "Filters subscribed in the remote cluster for this one", "gauge", |l| {
+            l.route_count() as u64
+        }),
+        ("strait_link_messages_received_total", "Messages received over the link", "counter", |l| {
+            l.received.load(Ordering::Relaxed)
+        }),
+        ("strait_link_messages_published_total", "Messages from the link published here", "counter", |l| {
+            l.published.load(Ordering::Relaxed)
+        }),
+        ("strait_link_connects_total", "Link connections established", "counter", |l| {
+            l.connects.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, help, kind, f) in series {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in links {
+            let _ = writeln!(s, "{name}{{link=\"{}\"}} {}", l.name, f(l));
+        }
+    }
+}

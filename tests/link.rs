@@ -114,6 +114,14 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     assert!(east_got.contains("linked/east stays in the east"), "a local message: {east_got}");
     let west_got = output(west_sub);
     assert_eq!(west_got.trim(), "linked/west goes east", "eu-west gets only its own message: {west_got}");
+
+    tracing::info!("== the link listener serves link clients only");
+    let (_, ack) = Raw::connect(([127, 0, 0, 1], east.nodes[0].clink).into(), Protocol::V5, "intruder").await;
+    assert_eq!(ack.code, 0x87, "an ordinary client on the link listener is refused");
+    let mut c = connect_packet(Protocol::V5, "clink-nobody");
+    c.properties.user_properties = vec![("strait-link".into(), "cluster-unknown".into())];
+    let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
+    assert_eq!(ack.code, 0x87, "a link from a cluster with no link configured here is refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

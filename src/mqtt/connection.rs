@@ -86,7 +86,7 @@ enum Close {
 }
 
 /// Serve one connection from accept to close. Never panics on client input.
-pub async fn serve<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>)
+pub async fn serve<R, W>(rd: R, wr: W, peer: SocketAddr, broker: Arc<Broker>, link_only: bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -102,6 +102,7 @@ where
             outbuf: BytesMut::with_capacity(8 * 1024),
             peer,
             broker: broker.clone(),
+            link_only,
         };
         conn.run().await;
         broker.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -117,6 +118,8 @@ struct Conn<R, W> {
     outbuf: BytesMut,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    /// The link listener: only other clusters' link clients are accepted.
+    link_only: bool,
 }
 
 /// State of a connection after a successful CONNECT.
@@ -230,6 +233,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let link_from = c.properties.user_properties.iter().find(|(k, _)| k == LINK_PROPERTY).map(|(_, v)| v.clone());
         if c.properties.authentication_method.is_some() {
             fail = Some(reason::BAD_AUTHENTICATION_METHOD);
+        } else if self.link_only && link_from.is_none() {
+            tracing::info!(peer = %self.peer, "conn.refused: the link listener accepts only cluster-link clients");
+            fail = Some(reason::NOT_AUTHORIZED);
         } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.link_names.contains(*r)) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
             fail = Some(reason::NOT_AUTHORIZED);
