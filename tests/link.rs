@@ -169,3 +169,70 @@ async fn the_link_survives_a_leader_sigkill_without_losing_acknowledged_messages
     );
     assert_eq!(received, (0..n).collect(), "every acknowledged message crossed the link");
 }
+
+/// Three single-node regions linked in a triangle, each wanting `#` from both others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triangle_delivers_each_message_once_per_cluster_in_publisher_order() {
+    init();
+    let mut a = ProcCluster::configure("cluster-a", 1, 0, "");
+    let mut b = ProcCluster::configure("cluster-b", 1, 0, "");
+    let mut c = ProcCluster::configure("cluster-c", 1, 0, "");
+    for (x, y, z) in [(&a, &b, &c), (&b, &c, &a), (&c, &a, &b)] {
+        x.link_to_many(&[y, z], "[\"#\"]");
+    }
+    for x in [&mut a, &mut b, &mut c] {
+        x.spawn(0);
+    }
+    for x in [&a, &b, &c] {
+        x.wait_up(0).await;
+    }
+    let port = |x: &ProcCluster| x.nodes[0].mqtt;
+    // Subscribers in B and C, then wait until A holds their routes (B and C linked to A).
+    let mut subs = Vec::new();
+    for (x, id) in [(&b, "sub-b"), (&c, "sub-c")] {
+        let (mut s, ack) = Raw::connect(([127, 0, 0, 1], port(x)).into(), Protocol::V5, id).await;
+        assert_eq!(ack.code, 0);
+        assert_eq!(s.subscribe("tri/#", QoS::AtLeastOnce).await, vec![1]);
+        subs.push(s);
+    }
+    b.wait_link("cluster-a", Some("tri/#")).await;
+    c.wait_link("cluster-a", Some("tri/#")).await;
+    // The B<->C links carry tri/# too: a message from A reaching B must not go on to C.
+    b.wait_link("cluster-c", Some("tri/#")).await;
+    c.wait_link("cluster-b", Some("tri/#")).await;
+
+    tracing::info!("== 10 publishers x 10 topics on A");
+    let mut pubs = Vec::new();
+    for p in 0..10u16 {
+        let (raw, ack) = Raw::connect(([127, 0, 0, 1], port(&a)).into(), Protocol::V5, &format!("pub-{p}")).await;
+        assert_eq!(ack.code, 0);
+        pubs.push(raw);
+    }
+    for i in 0..10u16 {
+        for (p, raw) in pubs.iter_mut().enumerate() {
+            let topic = format!("tri/{}", (usize::from(i) + p) % 10);
+            assert_eq!(raw.publish(publish(&topic, QoS::AtLeastOnce, format!("{p}:{i}").as_bytes(), i + 1)).await, 0);
+        }
+    }
+    for (name, s) in ["B", "C"].iter().zip(subs.iter_mut()) {
+        let mut got: Vec<(u16, u16)> = Vec::new();
+        loop {
+            match s.next(Duration::from_secs(if got.len() < 100 { 10 } else { 1 })).await {
+                Got::Packet(Packet::Publish(m)) => {
+                    s.send(&Packet::PubAck(PubResp::new(m.packet_id, 0))).await;
+                    let text = String::from_utf8_lossy(&m.payload).to_string();
+                    let (p, i) = text.split_once(':').expect("p:i");
+                    got.push((p.parse().expect("p"), i.parse().expect("i")));
+                }
+                Got::Packet(_) => {}
+                Got::Nothing if got.len() >= 100 => break,
+                other => panic!("cluster {name}: after {} messages: {other:?}", got.len()),
+            }
+        }
+        assert_eq!(got.len(), 100, "cluster {name}: each of the 100 messages exactly once (no transit copies)");
+        for p in 0..10u16 {
+            let seq: Vec<u16> = got.iter().filter(|(q, _)| *q == p).map(|(_, i)| *i).collect();
+            assert_eq!(seq, (0..10).collect::<Vec<_>>(), "cluster {name}: publisher {p}'s order");
+        }
+    }
+}

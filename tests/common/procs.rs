@@ -89,14 +89,28 @@ impl ProcCluster {
     /// Link this cluster to `other` (this cluster wants `topics` from it) and open this
     /// cluster's link listener; appended to every node's config (HOCON merges the objects).
     pub fn link_to(&self, other: &ProcCluster, topics: &str) {
-        let servers: Vec<String> = other.nodes.iter().map(|n| format!("127.0.0.1:{}", n.clink)).collect();
+        self.link_to_many(&[other], topics);
+    }
+
+    /// Links to several clusters (one `links` list), each wanting `topics`.
+    pub fn link_to_many(&self, others: &[&ProcCluster], topics: &str) {
+        let links: Vec<String> = others
+            .iter()
+            .map(|other| {
+                let servers: Vec<String> = other.nodes.iter().map(|n| format!("127.0.0.1:{}", n.clink)).collect();
+                format!(
+                    "{{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = {topics}, retry_interval = 500ms }}",
+                    other.cluster,
+                    servers.join(","),
+                    self.cluster
+                )
+            })
+            .collect();
         for n in &self.nodes {
             let mut text = std::fs::read_to_string(&n.config).expect("config");
             text.push_str(&format!(
-                "cluster {{ links = [ {{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = {topics}, retry_interval = 500ms }} ] }}\nlisteners.tcp.clink.bind = \"127.0.0.1:{}\"\n",
-                other.cluster,
-                servers.join(","),
-                self.cluster,
+                "cluster {{ links = [ {} ] }}\nlisteners.tcp.clink.bind = \"127.0.0.1:{}\"\n",
+                links.join(", "),
                 n.clink
             ));
             std::fs::write(&n.config, text).expect("config");
@@ -222,6 +236,18 @@ impl ProcCluster {
                 panic!("link {name} of {} not connected with route {route:?} within 20 s", self.cluster);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until node `i` answers on its HTTP API (it is listening).
+    pub async fn wait_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(self.nodes[i].api, "/api/v5/status").map(|r| r.0) != Some(200) {
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("node {} not up within 20 s", self.nodes[i].name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
