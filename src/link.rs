@@ -164,6 +164,7 @@ struct Ctx {
 async fn supervise(link: LinkConfig, me: String, ctx: Ctx, status: Arc<LinkStatus>) {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
     let mut next_server = 0usize;
+    let mut last_logged: Option<String> = None;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -184,10 +185,15 @@ async fn supervise(link: LinkConfig, me: String, ctx: Ctx, status: Arc<LinkStatu
             match run(&link, &me, &ctx, &status, &server.host, server.port).await {
                 Ok(()) => {
                     status.set("standby", None, None);
+                    last_logged = None;
                     continue;
                 }
                 Err((e, was_connected)) => {
-                    tracing::warn!(server = %addr, "link connection: {e}");
+                    // Logged once per change of error, not once per retry.
+                    if last_logged.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(server = %addr, "link connection: {e} (retrying every {:?})", link.retry_interval);
+                        last_logged = Some(e.clone());
+                    }
                     status.set("disconnected", Some(addr), Some(e));
                     if was_connected {
                         // It worked a moment ago: try again at once (same server), not after
