@@ -32,10 +32,23 @@ pub struct ProcCluster {
 
 /// Distinct ports free right now. All are held until all are chosen (so none repeats), then
 /// released for the nodes to bind moments later.
+/// Never hands out the same port twice in one test process (clusters of one test are
+/// configured one after the other, so a released port could otherwise come back).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
-    held.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            out.push(port);
+        }
+        held.push(l);
+    }
+    out
 }
 
 impl ProcCluster {
