@@ -426,3 +426,39 @@ async fn a_fast_publisher_is_slowed_not_dropped_for_a_subscriber_on_another_node
     let got = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader done").expect("reader");
     assert_eq!(got, N, "every acknowledged message reached the subscriber on the other node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_commits_apply_in_packet_order() {
+    init();
+    let c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let (mut s, _) = v5_ok(c.nodes[1].mqtt, "flipper", false, 600).await;
+    // Pipelined UNSUBSCRIBE/SUBSCRIBE pairs, ending subscribed: the last one must win.
+    for k in 0..10u16 {
+        s.send(&Packet::Unsubscribe(strait::mqtt::packet::Unsubscribe {
+            packet_id: 100 + k,
+            filters: vec!["o/#".into()],
+            properties: Default::default(),
+        }))
+        .await;
+        s.send(&Packet::Subscribe(strait::mqtt::packet::Subscribe {
+            packet_id: 200 + k,
+            filters: vec![strait::mqtt::packet::SubscribeFilter {
+                filter: "o/#".into(),
+                options: strait::mqtt::packet::SubOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            }],
+            properties: Default::default(),
+        }))
+        .await;
+    }
+    s.expect("the last SUBACK", |p| matches!(p, Packet::SubAck(a) if a.packet_id == 209).then_some(())).await;
+    // Pipelined QoS 1 publishes from one connection on another node reach the persistent
+    // subscriber in order.
+    let (mut p, _) = v5_ok(c.nodes[0].mqtt, "orderly", true, 0).await;
+    for i in 0..300u16 {
+        p.send(&Packet::Publish(publish("o/x", QoS::AtLeastOnce, format!("{i}").as_bytes(), i + 1))).await;
+    }
+    let got = receive(&mut s, 300).await;
+    let seq: Vec<u16> = got.iter().map(|(m, _, _)| m.parse().expect("number")).collect();
+    assert_eq!(seq, (0..300).collect::<Vec<_>>(), "publisher order kept through Raft");
+}

@@ -61,7 +61,10 @@ pub struct RaftConfig {
     pub propose_timeout: Duration,
     /// Proposals per entry at most.
     pub max_batch: usize,
-    /// Entries being committed at once per node (the rest wait and batch).
+    /// Entries being committed at once per node (the rest wait and batch). 1 (the default)
+    /// keeps proposals in the order they were made: batches are formed in submission order and
+    /// committed one after the other (group commit). More than 1 trades that order (concurrent
+    /// batches, forwarded ones especially, may land in any order) for throughput.
     pub max_in_flight: usize,
 }
 
@@ -79,7 +82,7 @@ impl Default for RaftConfig {
             keep_after_snapshot: 1_000,
             propose_timeout: Duration::from_secs(5),
             max_batch: 1024,
-            max_in_flight: 4,
+            max_in_flight: 1,
         }
     }
 }
@@ -249,7 +252,7 @@ impl<S: StateMachine> RaftNode<S> {
         let (ltx, lrx) = watch::channel(initial);
         tracker.spawn(watch_leadership(raft.clone(), cfg.clone(), ltx, cancel.clone()).instrument(span.clone()));
 
-        let (ptx, prx) = mpsc::channel(cfg.max_batch * 4);
+        let (ptx, prx) = mpsc::channel(cfg.max_batch * 16);
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             raft: raft.clone(),
@@ -313,6 +316,33 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Propose one command; resolves with its response once the entry is committed and applied
     /// (on the leader; on this node the apply may follow shortly after).
+    /// Queue `cmd` now (synchronously, so proposals made one after the other by one caller are
+    /// committed in that order) and return the future of its response.
+    pub fn propose_ordered(
+        &self,
+        cmd: S::Command,
+    ) -> impl std::future::Future<Output = Result<S::Response, ProposeError>> + Send + 'static {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let prop = Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd };
+        let (tx, rx) = oneshot::channel();
+        let proposals = self.inner.proposals.clone();
+        let late = match proposals.try_send(Pending { prop, tx }) {
+            Ok(()) => None,
+            // A full queue (overload): sent when there is room; order among such is kept too
+            // only as far as the channel's waiters are served in order (tokio's are FIFO).
+            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return futures_util::future::Either::Left(async { Err(ProposeError::Shutdown) })
+            }
+        };
+        futures_util::future::Either::Right(async move {
+            if let Some(p) = late {
+                proposals.send(p).await.map_err(|_| ProposeError::Shutdown)?;
+            }
+            rx.await.map_err(|_| ProposeError::Shutdown)?
+        })
+    }
+
     pub async fn propose(&self, cmd: S::Command) -> Result<S::Response, ProposeError> {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let prop = Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd };

@@ -61,6 +61,8 @@ pub enum Congestion {
     Session(Arc<Session>),
     /// The data-plane queue to another node past half its bound.
     Peer(Arc<strait_raft::net::peer::PeerSender>),
+    /// A persistent session's replicated queue past half its bound (in a cluster).
+    Durable(String),
 }
 
 impl Congestion {
@@ -69,6 +71,18 @@ impl Congestion {
         match self {
             Congestion::Session(s) => broker.wait_drained(s, max).await,
             Congestion::Peer(p) => p.wait_drained(max).await,
+            Congestion::Durable(client_id) => {
+                let Some(c) = broker.cluster() else { return };
+                let low = broker.mqtt.max_mqueue_len / 4;
+                let deadline = tokio::time::Instant::now() + max;
+                while tokio::time::Instant::now() < deadline {
+                    let depth = c.read(|s| s.sessions.get(client_id).map(|e| e.queue.len()).unwrap_or(0)).await;
+                    if depth <= low {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
     }
 

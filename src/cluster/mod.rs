@@ -36,6 +36,9 @@ use crate::config::{node_id, Config, Seed};
 
 pub use state::{ClusterState, Command, NodeInfo, Outcome, Response, Target};
 
+type ProposalFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, ProposeError>> + Send + 'static>>;
+
 /// Deliveries queued per peer; past half, publishers wait (a deeper queue only adds latency).
 const PEER_QUEUE: usize = 4096;
 
@@ -217,17 +220,27 @@ impl Cluster {
     pub fn commit(self: &Arc<Self>, cmds: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, String>> {
         let (tx, rx) = oneshot::channel();
         let me = self.clone();
+        // Queued now, in the caller's order: one connection's commits apply in the order of its
+        // packets (an UNSUBSCRIBE then SUBSCRIBE, or pipelined QoS 1 publishes, never swap).
+        let pending = self.propose_all(cmds);
         self.tracker.spawn(async move {
-            let _ = tx.send(me.commit_wait(cmds).await);
+            let _ = tx.send(me.finish(pending).await);
         });
         rx
     }
 
     pub async fn commit_wait(&self, cmds: Vec<Command>) -> Result<Vec<Response>, String> {
-        let start = Instant::now();
-        let n = cmds.len() as u64;
-        self.metrics.proposals.fetch_add(n, Ordering::Relaxed);
-        let results = futures_util::future::join_all(cmds.into_iter().map(|c| self.raft.propose(c))).await;
+        let pending = self.propose_all(cmds);
+        self.finish(pending).await
+    }
+
+    fn propose_all(&self, cmds: Vec<Command>) -> (Instant, Vec<ProposalFuture>) {
+        self.metrics.proposals.fetch_add(cmds.len() as u64, Ordering::Relaxed);
+        (Instant::now(), cmds.into_iter().map(|c| Box::pin(self.raft.propose_ordered(c)) as ProposalFuture).collect())
+    }
+
+    async fn finish(&self, (start, pending): (Instant, Vec<ProposalFuture>)) -> Result<Vec<Response>, String> {
+        let results = futures_util::future::join_all(pending).await;
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {

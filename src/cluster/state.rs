@@ -146,6 +146,11 @@ pub enum Outcome {
     Orphaned {
         wills: Vec<(String, Will)>,
     },
+    /// A durable message was queued; the fullest target queue before it (client id, length),
+    /// for the publisher's flow control.
+    Enqueued {
+        fullest: Option<(String, u32)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,8 +347,13 @@ impl ClusterState {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let msg = Arc::new(msg);
+                let mut fullest: Option<(String, u32)> = None;
                 for t in targets {
                     let Some(e) = s.sessions.get_mut(&t.client_id) else { continue };
+                    let depth = e.queue.len() as u32;
+                    if fullest.as_ref().is_none_or(|(_, d)| depth > *d) {
+                        fullest = Some((t.client_id.clone(), depth));
+                    }
                     if !e.persistent() || e.queue.len() >= limit as usize {
                         continue;
                     }
@@ -352,7 +362,7 @@ impl ClusterState {
                     e.queue.insert(seq, delivery.clone());
                     out.push(Change::Queued { client_id: t.client_id, owner: e.owner, seq, delivery });
                 }
-                Outcome::Done
+                Outcome::Enqueued { fullest }
             }
             Command::Ack { client_id, seqs } => {
                 if let Some(e) = s.sessions.get_mut(&client_id) {

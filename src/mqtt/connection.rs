@@ -545,6 +545,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     tracing::info!(peer = %self.peer, error = %e, "publish not committed");
                     return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
                 }
+                // A persistent subscriber's replicated queue past half its bound: this
+                // publisher waits before reading on (flow control instead of drops).
+                let half = (self.broker.mqtt.max_mqueue_len / 2) as u32;
+                if let Ok(rs) = &r {
+                    for resp in rs {
+                        if let crate::cluster::Outcome::Enqueued { fullest: Some((cid, depth)) } = &resp.outcome {
+                            if *depth > half && live.throttle.is_none() && **cid != *live.client_id {
+                                live.throttle = Some(crate::broker::Congestion::Durable(cid.clone()));
+                            }
+                        }
+                    }
+                }
                 match qos {
                     QoS::AtLeastOnce => {
                         codec::encode(&Packet::PubAck(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf)
