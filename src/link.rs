@@ -317,9 +317,9 @@ async fn run(
                 Ok(Event::Incoming(RPacket::ConnAck(a))) => {
                     connected = true;
                     status.connects.fetch_add(1, Ordering::Relaxed);
-                    if !a.session_present {
-                        subscribed.clear();
-                    }
+                    // Subscribe the whole set again (idempotent): a SUBSCRIBE sent on a
+                    // connection that died before the remote committed it would be missing.
+                    subscribed.clear();
                     tracing::info!(server = %addr, session_present = a.session_present, "link: connected");
                     status.set("connected", Some(addr.clone()), None);
                 }

@@ -53,6 +53,25 @@ fn mosquitto_pub(port: u16, topic: &str, msg: &str) {
     assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Wait until the node whose API is on `api` lists `client`'s subscription to `filter` (for a
+/// link: the route is in force where the publisher is).
+async fn route_at(api: u16, client: &str, filter: &str) {
+    common::wait_for(
+        || {
+            common::procs::http_get(api, "/api/v5/subscriptions")
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| {
+                    v["data"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|s| s["clientid"] == client && s["topic"] == filter))
+                })
+        },
+        Duration::from_secs(20),
+        "the link's route to reach the publisher's node",
+    )
+    .await;
+}
+
 /// Wait until the node whose API is on `api` lists a subscription to `filter`.
 async fn subscribed(api: u16, filter: &str) {
     let want = format!("\"topic\":\"{filter}\"");
@@ -82,6 +101,7 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     tracing::info!("== step 1-3: subscribe linked/# on us-east, publish linked/42 on eu-west");
     let sub = mosquitto_sub(east.nodes[0].mqtt, "linked/#", 1);
     east.wait_link("cluster-eu-west", Some("linked/#")).await;
+    route_at(west.nodes[1].api, "clink-cluster-us-east", "linked/#").await;
     let started = std::time::Instant::now();
     mosquitto_pub(west.nodes[1].mqtt, "linked/42", "Hello from the other side!");
     assert_eq!(output(sub).trim(), "linked/42 Hello from the other side!");
@@ -90,6 +110,7 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     tracing::info!("== step 4: the other direction");
     let sub = mosquitto_sub(west.nodes[2].mqtt, "linked/#", 1);
     west.wait_link("cluster-us-east", Some("linked/#")).await;
+    route_at(east.nodes[2].api, "clink-cluster-eu-west", "linked/#").await;
     mosquitto_pub(east.nodes[2].mqtt, "linked/1", "Hello from US!");
     assert_eq!(output(sub).trim(), "linked/1 Hello from US!");
 
@@ -107,6 +128,7 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     subscribed(west.nodes[0].api, "linked/#").await;
     subscribed(east.nodes[1].api, "linked/#").await;
     east.wait_link("cluster-eu-west", Some("linked/#")).await;
+    route_at(west.nodes[0].api, "clink-cluster-us-east", "linked/#").await;
     west.wait_link("cluster-us-east", None).await;
     mosquitto_pub(east.nodes[0].mqtt, "linked/east", "stays in the east");
     mosquitto_pub(west.nodes[0].mqtt, "linked/west", "goes east");
@@ -197,6 +219,8 @@ async fn a_triangle_delivers_each_message_once_per_cluster_in_publisher_order() 
     }
     b.wait_link("cluster-a", Some("tri/#")).await;
     c.wait_link("cluster-a", Some("tri/#")).await;
+    route_at(a.nodes[0].api, "clink-cluster-b", "tri/#").await;
+    route_at(a.nodes[0].api, "clink-cluster-c", "tri/#").await;
     // The B<->C links carry tri/# too: a message from A reaching B must not go on to C.
     b.wait_link("cluster-c", Some("tri/#")).await;
     c.wait_link("cluster-b", Some("tri/#")).await;
