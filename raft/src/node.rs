@@ -406,7 +406,10 @@ impl<S: StateMachine> RaftNode<S> {
             tracing::warn!(node = self.inner.cfg.id, "raft shutdown: {e}");
         }
         self.inner.tracker.close();
-        self.inner.tracker.wait().await;
+        // Bounded: a peer holding an HTTP/2 connection open must not stall a shutdown.
+        if tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await.is_err() {
+            tracing::warn!(node = self.inner.cfg.id, "raft shutdown: tasks still running after 5 s");
+        }
     }
 }
 
