@@ -1,0 +1,8 @@
+//! strait-jepsen: runs real `strait` nodes in network namespaces, injects faults, records every
+//! client operation and checks the history. It drives the binary and real MQTT clients only,
+//! never the broker's library internals.
+
+pub mod check;
+pub mod history;
+pub mod report;
+pub mod net;
