@@ -6,3 +6,6 @@ pub mod check;
 pub mod history;
 pub mod report;
 pub mod net;
+pub mod db;
+pub mod run;
+pub mod workload;
