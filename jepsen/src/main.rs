@@ -27,6 +27,12 @@ struct Cli {
 enum Cmd {
     /// List the scenarios.
     List,
+    /// Check a recorded history again (a results directory of an earlier run) and rewrite its
+    /// report.
+    Check {
+        /// The results directory (holds history.jsonl).
+        dir: PathBuf,
+    },
     /// Run scenarios.
     Run {
         /// The scenario to run (see `list`).
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Cmd::Run { scenario, all, ci, time, nodes, seed, strait, out } => (scenario, all, ci, time, nodes, seed, strait, out),
+        Cmd::Check { dir } => return recheck(&dir),
     };
     let chosen: Vec<_> = if all_flag {
         all.clone()
@@ -161,6 +168,32 @@ fn main() -> ExitCode {
     strait_jepsen::net::cleanup();
     println!("jepsen: {passed} passed, {failed} failed");
     if failed > 0 || interrupted.load(Ordering::Relaxed) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn recheck(dir: &std::path::Path) -> ExitCode {
+    let ops = match strait_jepsen::history::read_jsonl(&dir.join("history.jsonl")) {
+        Ok(ops) => ops,
+        Err(e) => {
+            eprintln!("strait-jepsen: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let verdicts = strait_jepsen::check::check_all(&ops, &strait_jepsen::check::CheckConfig::default());
+    match strait_jepsen::report::write_report(dir, &name, &ops, &verdicts) {
+        Ok(summary) => println!("{summary}"),
+        Err(e) => {
+            eprintln!("strait-jepsen: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let failed = verdicts.iter().any(|v| !v.ok);
+    println!("jepsen: {} passed, {} failed", u8::from(!failed), u8::from(failed));
+    if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
