@@ -388,14 +388,19 @@ fn on_publish(
         }
         Some(c) => {
             let client = client.clone();
-            let commands = published.commands;
+            // Proposed now, in arrival order (the remote's publisher order); only the wait for
+            // the outcome runs in the background. (Proposing from the spawned task let two
+            // messages race for the Raft queue: jepsen's link-kill-holder run caught
+            // persistent subscribers receiving them out of order.)
+            let done = c.commit(published.commands);
             ctx.tracker.spawn(async move {
-                match c.commit_wait(commands).await {
-                    Ok(_) => {
+                match done.await {
+                    Ok(Ok(_)) => {
                         let _ = client.ack(&p).await;
                     }
                     // Not acknowledged: the remote redelivers it on the next link connection.
-                    Err(e) => tracing::warn!("link: a message could not be committed here: {e}"),
+                    Ok(Err(e)) => tracing::warn!("link: a message could not be committed here: {e}"),
+                    Err(_) => tracing::warn!("link: node shutting down before a commit finished"),
                 }
             });
         }

@@ -491,7 +491,7 @@ async fn failover(d: &mut Deployment, bins: &Binaries, tries: usize, row: &mut R
         let sub_node = (3..6).find(|i| *i != leader).context("no follower")?;
         let topic = format!("linked/failover/{t}");
         let (subc, mut el) =
-            load::subscriber(&format!("bench-fo-sub-{t}"), d.mqtt[sub_node], &[topic.clone()], 1).await?;
+            load::subscriber(&format!("bench-fo-sub-{t}"), d.mqtt[sub_node], std::slice::from_ref(&topic), 1).await?;
         let base = Instant::now();
         let kill_ns = Arc::new(AtomicU64::new(u64::MAX));
         let stop = Arc::new(AtomicBool::new(false));

@@ -936,9 +936,14 @@ mod tests {
         // on elsewhere with p-3; p-2 surfaced after the heal. It never completed, so it is
         // concurrent with p-3 and may come after it.
         let mut h = H::new();
-        h.publish(9, "p", 1, "t", 1, Kind::Ok)
-            .publish(9, "p", 2, "t", 1, Kind::Info)
-            .publish(9, "p", 3, "t", 1, Kind::Ok);
+        h.publish(9, "p", 1, "t", 1, Kind::Ok).publish(9, "p", 2, "t", 1, Kind::Info).publish(
+            9,
+            "p",
+            3,
+            "t",
+            1,
+            Kind::Ok,
+        );
         h.deliver(1, "sub", "t", "p", 1, 1).deliver(1, "sub", "t", "p", 3, 1).deliver(1, "sub", "t", "p", 2, 1);
         assert_ok(order(&h.ops));
         // ...but an acknowledged p-1 must not come after p-3.

@@ -3,9 +3,9 @@
 //! never the broker's library internals.
 
 pub mod check;
-pub mod history;
-pub mod report;
-pub mod net;
 pub mod db;
+pub mod history;
+pub mod net;
+pub mod report;
 pub mod run;
 pub mod workload;

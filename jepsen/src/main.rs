@@ -82,7 +82,9 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        Cmd::Run { scenario, all, ci, time, nodes, seed, strait, out } => (scenario, all, ci, time, nodes, seed, strait, out),
+        Cmd::Run { scenario, all, ci, time, nodes, seed, strait, out } => {
+            (scenario, all, ci, time, nodes, seed, strait, out)
+        }
         Cmd::Check { dir } => return recheck(&dir),
     };
     let chosen: Vec<_> = if all_flag {
@@ -113,17 +115,21 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| PathBuf::from("target/release/strait"))
     });
     let Ok(strait) = std::fs::canonicalize(&strait) else {
-        eprintln!("strait-jepsen: {} not found: cargo build --release -p strait, or pass --strait PATH", strait.display());
+        eprintln!(
+            "strait-jepsen: {} not found: cargo build --release -p strait, or pass --strait PATH",
+            strait.display()
+        );
         return ExitCode::from(2);
     };
     // One run at a time on a machine (the namespaces have fixed names).
-    let lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/tmp/strait-jepsen.lock") {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("strait-jepsen: /tmp/strait-jepsen.lock: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let lock =
+        match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/tmp/strait-jepsen.lock") {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("strait-jepsen: /tmp/strait-jepsen.lock: {e}");
+                return ExitCode::from(2);
+            }
+        };
     // SAFETY: flock on an open descriptor we own; handlers only store to an atomic.
     unsafe {
         use std::os::fd::AsRawFd;

@@ -139,7 +139,24 @@ impl Net {
             let h = self.host(id)?;
             for other in self.hosts.iter().filter(|o| o.id != id) {
                 let ip = other.ip.to_string();
-                in_ns(&h.ns, &["iptables", "-A", "INPUT", "-s", &ip, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"])?;
+                in_ns(
+                    &h.ns,
+                    &[
+                        "iptables",
+                        "-A",
+                        "INPUT",
+                        "-s",
+                        &ip,
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        &p,
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -149,7 +166,13 @@ impl Net {
     pub fn bandwidth(&self, ids: &[u32], rate: &str) -> anyhow::Result<()> {
         for &id in ids {
             let h = self.host(id)?;
-            in_ns(&h.ns, &["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"])?;
+            in_ns(
+                &h.ns,
+                &[
+                    "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "32kbit", "latency",
+                    "400ms",
+                ],
+            )?;
         }
         Ok(())
     }

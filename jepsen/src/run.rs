@@ -93,7 +93,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: 3,
             linked: true,
             qos: 1,
-            ci: false,
+            ci: true,
         },
         Scenario {
             name: "link-partition",
@@ -306,7 +306,15 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         let mut nodes = sub_nodes.clone();
         let len = nodes.len();
         nodes.rotate_left(k % len);
-        tasks.push(rt.spawn(workload::subscriber(ctx.clone(), next(), format!("sub{k}"), "q/#".into(), s.qos, nodes, ready)));
+        tasks.push(rt.spawn(workload::subscriber(
+            ctx.clone(),
+            next(),
+            format!("sub{k}"),
+            "q/#".into(),
+            s.qos,
+            nodes,
+            ready,
+        )));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !readies.iter().all(|r| r.load(Ordering::Relaxed)) {
@@ -323,14 +331,28 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut seq = 0;
             while c.deliveries.load(Ordering::Relaxed) < 2 {
-                anyhow::ensure!(Instant::now() < deadline, "no message crossed the link within 30 s of the subscriptions");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no message crossed the link within 30 s of the subscriptions"
+                );
                 seq += 1;
                 let payload = format!("warmup-{seq}");
-                let f = F::Publish { publisher: "warmup".into(), seq, topic: "q/warmup".into(), payload: payload.clone(), qos: 0, retain: false };
-                if let Ok((cl, mut el, _)) = workload::connect(&format!("warmup-{seq}"), db::mqtt_addr(node), true).await {
+                let f = F::Publish {
+                    publisher: "warmup".into(),
+                    seq,
+                    topic: "q/warmup".into(),
+                    payload: payload.clone(),
+                    qos: 0,
+                    retain: false,
+                };
+                if let Ok((cl, mut el, _)) =
+                    workload::connect(&format!("warmup-{seq}"), db::mqtt_addr(node), true).await
+                {
                     let id = c.rec.invoke(p, Some(node), f.clone());
                     let _ = cl.try_publish("q/warmup", rumqttc::QoS::AtMostOnce, false, payload.into_bytes());
-                    let _ = tokio::time::timeout(Duration::from_millis(300), async { while el.poll().await.is_ok() {} }).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(300), async { while el.poll().await.is_ok() {} })
+                            .await;
                     c.rec.complete(p, id, Kind::Info, Some(node), f, None);
                 }
             }
@@ -352,8 +374,18 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         )));
     }
     if !s.linked {
-        tasks.push(rt.spawn(workload::retain_writer(ctx.clone(), next(), all_nodes.clone(), Duration::from_millis(300))));
-        tasks.push(rt.spawn(workload::retain_reader(ctx.clone(), next(), all_nodes.clone(), Duration::from_millis(300))));
+        tasks.push(rt.spawn(workload::retain_writer(
+            ctx.clone(),
+            next(),
+            all_nodes.clone(),
+            Duration::from_millis(300),
+        )));
+        tasks.push(rt.spawn(workload::retain_reader(
+            ctx.clone(),
+            next(),
+            all_nodes.clone(),
+            Duration::from_millis(300),
+        )));
     }
     // The nemesis: quiet 3 s, fault 5 s, in turn, until the time is up.
     let end = Instant::now() + o.time;
@@ -363,10 +395,32 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         let f = s.faults[rng.random_range(0..s.faults.len())];
         let a = start_fault(f, net, db, s.linked, &mut rng).with_context(|| format!("starting {f:?}"))?;
         tracing::info!(fault = %a.name, nodes = ?a.nodes, minority = ?a.minority, "nemesis start");
-        rec.event(NEMESIS, Kind::Info, None, F::Nemesis { name: a.name.clone(), phase: Phase::Start, nodes: a.nodes.clone(), minority: a.minority.clone(), detail: format!("{f:?}") });
+        rec.event(
+            NEMESIS,
+            Kind::Info,
+            None,
+            F::Nemesis {
+                name: a.name.clone(),
+                phase: Phase::Start,
+                nodes: a.nodes.clone(),
+                minority: a.minority.clone(),
+                detail: format!("{f:?}"),
+            },
+        );
         std::thread::sleep(Duration::from_secs(5));
         stop_fault(&a, net, db)?;
-        rec.event(NEMESIS, Kind::Info, None, F::Nemesis { name: a.name.clone(), phase: Phase::Stop, nodes: a.nodes.clone(), minority: a.minority.clone(), detail: String::new() });
+        rec.event(
+            NEMESIS,
+            Kind::Info,
+            None,
+            F::Nemesis {
+                name: a.name.clone(),
+                phase: Phase::Stop,
+                nodes: a.nodes.clone(),
+                minority: a.minority.clone(),
+                detail: String::new(),
+            },
+        );
         tracing::info!(fault = %a.name, "nemesis stop");
         crash.extend(db.crashed());
     }
@@ -374,7 +428,18 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
     net.heal()?;
     crash.extend(db.crashed());
     db.heal(net)?;
-    rec.event(NEMESIS, Kind::Info, None, F::Nemesis { name: "final-heal".into(), phase: Phase::Stop, nodes: all_nodes.clone(), minority: Vec::new(), detail: "all faults removed, every node running".into() });
+    rec.event(
+        NEMESIS,
+        Kind::Info,
+        None,
+        F::Nemesis {
+            name: "final-heal".into(),
+            phase: Phase::Stop,
+            nodes: all_nodes.clone(),
+            minority: Vec::new(),
+            detail: "all faults removed, every node running".into(),
+        },
+    );
     let healed = Instant::now();
     tracing::info!("final heal");
     // Recovery: every node answers a probe (bounded), then publishers stop.
@@ -398,7 +463,8 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         rt.block_on(async move {
             for (k, node) in nodes.iter().enumerate() {
                 for attempt in 0..5u64 {
-                    if workload::retain_read(&c, p, *node, 1000 + k as u64 * 10 + attempt, Duration::from_secs(3)).await {
+                    if workload::retain_read(&c, p, *node, 1000 + k as u64 * 10 + attempt, Duration::from_secs(3)).await
+                    {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -463,7 +529,10 @@ fn wait_probes_ok(rec: &Recorder, nodes: &[u32], within: Duration) -> anyhow::Re
             return Ok(());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("nodes without a successful probe {within:?} after the heal: {:?}", nodes.iter().filter(|n| !ok.contains(n)).collect::<Vec<_>>());
+            anyhow::bail!(
+                "nodes without a successful probe {within:?} after the heal: {:?}",
+                nodes.iter().filter(|n| !ok.contains(n)).collect::<Vec<_>>()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

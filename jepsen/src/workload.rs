@@ -65,7 +65,11 @@ pub async fn connect(id: &str, addr: SocketAddr, clean: bool) -> Result<(AsyncCl
 }
 
 /// Polls until `want` matches an event, an error, or `within` passes.
-async fn poll_until(el: &mut EventLoop, within: Duration, mut want: impl FnMut(&Event) -> bool) -> anyhow::Result<Event> {
+async fn poll_until(
+    el: &mut EventLoop,
+    within: Duration,
+    mut want: impl FnMut(&Event) -> bool,
+) -> anyhow::Result<Event> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, el.poll()).await {
@@ -130,7 +134,14 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, q: u
         let node = *node;
         seq += 1;
         let payload = format!("{name}-{seq}");
-        let f = F::Publish { publisher: name.clone(), seq, topic: topic.clone(), payload: payload.clone(), qos: q, retain: false };
+        let f = F::Publish {
+            publisher: name.clone(),
+            seq,
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos: q,
+            retain: false,
+        };
         let id = ctx.rec.invoke(process, Some(node), f.clone());
         let r = match client.try_publish(topic.clone(), qos(q), false, payload.into_bytes()) {
             Err(e) => Err(anyhow!("{e}")),
@@ -171,7 +182,15 @@ pub fn parse_payload(p: &str) -> (String, u64) {
 /// A persistent subscriber (clean session off, fixed client id) of `filter`; reconnects to the
 /// next node when its node fails, and subscribes again only if the session was lost.
 #[allow(clippy::too_many_arguments)]
-pub async fn subscriber(ctx: Ctx, process: u32, client_id: String, filter: String, q: u8, nodes: Vec<u32>, ready: Arc<AtomicBool>) {
+pub async fn subscriber(
+    ctx: Ctx,
+    process: u32,
+    client_id: String,
+    filter: String,
+    q: u8,
+    nodes: Vec<u32>,
+    ready: Arc<AtomicBool>,
+) {
     let mut i = process as usize;
     let mut subscribed = false;
     while !ctx.stop_subs.load(Ordering::Relaxed) {
@@ -204,7 +223,10 @@ pub async fn subscriber(ctx: Ctx, process: u32, client_id: String, filter: Strin
             let id = ctx.rec.invoke(process, Some(node), f.clone());
             let r = match client.try_subscribe(filter.clone(), qos(q)) {
                 Err(e) => Err(anyhow!("{e}")),
-                Ok(()) => poll_until(&mut el, Duration::from_secs(5), |ev| matches!(ev, Event::Incoming(Packet::SubAck(_)))).await,
+                Ok(()) => {
+                    poll_until(&mut el, Duration::from_secs(5), |ev| matches!(ev, Event::Incoming(Packet::SubAck(_))))
+                        .await
+                }
             };
             match r {
                 Ok(Event::Incoming(Packet::SubAck(a))) => {
@@ -336,7 +358,10 @@ pub async fn retain_writer(ctx: Ctx, process: u32, nodes: Vec<u32>, pace: Durati
             let id = ctx.rec.invoke(process, Some(node), f.clone());
             let r = match c.try_publish(REGISTER, QoS::AtLeastOnce, true, payload.into_bytes()) {
                 Err(e) => Err(anyhow!("{e}")),
-                Ok(()) => poll_until(&mut el, Duration::from_secs(5), |ev| matches!(ev, Event::Incoming(Packet::PubAck(_)))).await,
+                Ok(()) => {
+                    poll_until(&mut el, Duration::from_secs(5), |ev| matches!(ev, Event::Incoming(Packet::PubAck(_))))
+                        .await
+                }
             };
             match r {
                 Ok(_) => ctx.rec.complete(process, id, Kind::Ok, Some(node), f, None),
@@ -358,24 +383,31 @@ pub async fn retain_read(ctx: &Ctx, process: u32, node: u32, n: u64, wait: Durat
     let f = F::RetainRead { topic: REGISTER.into(), value: None };
     let id = ctx.rec.invoke(process, Some(node), f.clone());
     let r = async {
-        let (c, mut el, _) = connect(&format!("retain-reader-{process}-{n}"), mqtt_addr(node), true)
-            .await
-            .map_err(|e| match e {
+        let (c, mut el, _) =
+            connect(&format!("retain-reader-{process}-{n}"), mqtt_addr(node), true).await.map_err(|e| match e {
                 ConnErr::Refused(m) | ConnErr::Unknown(m) => anyhow!(m),
             })?;
         c.try_subscribe(REGISTER, QoS::AtLeastOnce)?;
         poll_until(&mut el, Duration::from_secs(3), |ev| matches!(ev, Event::Incoming(Packet::SubAck(_)))).await?;
-        let v = match poll_until(&mut el, wait, |ev| matches!(ev, Event::Incoming(Packet::Publish(p)) if p.retain)).await {
-            Ok(Event::Incoming(Packet::Publish(p))) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
-            _ => None,
-        };
+        let v =
+            match poll_until(&mut el, wait, |ev| matches!(ev, Event::Incoming(Packet::Publish(p)) if p.retain)).await {
+                Ok(Event::Incoming(Packet::Publish(p))) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
+                _ => None,
+            };
         let _ = c.try_disconnect();
         anyhow::Ok(v)
     }
     .await;
     match r {
         Ok(v) => {
-            ctx.rec.complete(process, id, Kind::Ok, Some(node), F::RetainRead { topic: REGISTER.into(), value: v }, None);
+            ctx.rec.complete(
+                process,
+                id,
+                Kind::Ok,
+                Some(node),
+                F::RetainRead { topic: REGISTER.into(), value: v },
+                None,
+            );
             true
         }
         Err(e) => {

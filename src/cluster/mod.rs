@@ -260,8 +260,10 @@ impl Cluster {
     /// Commit without waiting for the outcome (logged on failure).
     pub fn commit_detached(self: &Arc<Self>, cmds: Vec<Command>) {
         let me = self.clone();
+        // Proposed now, in call order; only the wait runs in the background.
+        let pending = self.propose_all(cmds);
         self.tracker.spawn(async move {
-            if let Err(e) = me.commit_wait(cmds).await {
+            if let Err(e) = me.finish(pending).await {
                 tracing::warn!("cluster: background commit failed: {e}");
             }
         });
