@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh Debian 12 machine, run as root once: it installs
 # the system packages the tests drive (stock MQTT clients, the mosquitto broker for interop and
-# benchmarks, iptables/iproute2 for partition tests).
+# benchmarks, iptables/iproute2/faketime for the jepsen partition suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# jepsen's clock-skew scenario (not in the CI selection, but `strait-jepsen run --all` uses it).
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need[*]}"
