@@ -260,3 +260,85 @@ async fn a_triangle_delivers_each_message_once_per_cluster_in_publisher_order() 
         }
     }
 }
+
+fn append(c: &ProcCluster, text: &str) {
+    for n in &c.nodes {
+        let mut t = std::fs::read_to_string(&n.config).expect("config");
+        t.push_str(text);
+        std::fs::write(&n.config, t).expect("config");
+    }
+}
+
+/// The last error the link `name` reports on node 0 of `c`, once it contains `want`.
+async fn link_error(c: &ProcCluster, name: &str, want: &str) -> String {
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some((200, body)) = common::procs::http_get(c.nodes[0].api, "/api/v5/cluster/links") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(l) = v["data"].as_array().and_then(|a| a.iter().find(|l| l["name"] == name)) {
+                last = l["last_error"].as_str().unwrap_or("").to_string();
+                if last.contains(want) {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.dump_logs();
+    panic!("link {name} never reported an error containing {want:?}; last error: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_link_carries_messages_and_an_untrusted_server_is_reported() {
+    init();
+    let certs = common::TempDir::new("tls-link");
+    let other_ca = common::TempDir::new("tls-link-other-ca");
+    common::certs::make_certs(certs.path());
+    common::certs::make_certs(other_ca.path());
+    let d = certs.path().display().to_string();
+    let mut west = ProcCluster::configure("cluster-eu-west", 1, 1, "");
+    let mut east = ProcCluster::configure("cluster-us-east", 1, 1, "");
+    let (wc, ec) = (west.nodes[0].clink, east.nodes[0].clink);
+    // eu-west: its link listener speaks TLS; it accepts cluster-us-east's link (and wants
+    // nothing from it: topics = []).
+    append(
+        &west,
+        &format!(
+            "listeners.ssl.clink {{ bind = \"127.0.0.1:{wc}\", certfile = \"{d}/server.pem\", keyfile = \"{d}/server.key\" }}\n\
+             cluster {{ links = [ {{ name = \"cluster-us-east\", server = \"127.0.0.1:{ec}\", topics = [], retry_interval = 500ms }} ] }}\n"
+        ),
+    );
+    let east_link = |ca: &str| {
+        format!(
+            "listeners.tcp.clink.bind = \"127.0.0.1:{ec}\"\n\
+             cluster {{ links = [ {{ name = \"cluster-eu-west\", server = \"127.0.0.1:{wc}\", topics = [\"linked/#\"], retry_interval = 500ms,\n\
+               ssl {{ enable = true, cacertfile = \"{ca}/ca.pem\" }} }} ] }}\n"
+        )
+    };
+    let east_base = std::fs::read_to_string(&east.nodes[0].config).expect("config");
+    append(&east, &east_link(&d));
+    west.spawn(0);
+    east.spawn(0);
+    west.wait_ready(&[0]).await;
+    east.wait_ready(&[0]).await;
+
+    let sub = mosquitto_sub(east.nodes[0].mqtt, "linked/#", 1);
+    subscribed(east.nodes[0].api, "linked/#").await;
+    let status = east.wait_link("cluster-eu-west", Some("linked/#")).await;
+    tracing::info!("TLS link up: {status}");
+    route_at(west.nodes[0].api, "clink-cluster-us-east", "linked/#").await;
+    mosquitto_pub(west.nodes[0].mqtt, "linked/tls", "over TLS");
+    let out = output(sub);
+    assert_eq!(out.trim(), "linked/tls over TLS", "message across the TLS link");
+
+    // The same link trusting another CA: refused by the TLS handshake, and the reason is in
+    // the link's status (not just the log).
+    east.kill(0);
+    std::fs::write(&east.nodes[0].config, format!("{east_base}{}", east_link(&other_ca.path().display().to_string())))
+        .expect("config");
+    east.spawn(0);
+    east.wait_ready(&[0]).await;
+    let err = link_error(&east, "cluster-eu-west", "certificate").await;
+    tracing::info!("untrusted server reported: {err}");
+}

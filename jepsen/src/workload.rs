@@ -193,6 +193,11 @@ pub async fn subscriber(
 ) {
     let mut i = process as usize;
     let mut subscribed = false;
+    // QoS 2 receiver state kept across connections (MQTT 4.3.3 method B): packet ids received
+    // and not yet released. A PUBLISH under one of them is the same message sent again (after
+    // a reconnection or a failover) and is not delivered twice. rumqttc forgets this state on
+    // every reconnection, so the application keeps it.
+    let mut unreleased: std::collections::HashSet<u16> = std::collections::HashSet::new();
     while !ctx.stop_subs.load(Ordering::Relaxed) {
         let node = nodes[i % nodes.len()];
         let f = F::Connect { client_id: client_id.clone(), clean: false, session_present: None };
@@ -218,6 +223,9 @@ pub async fn subscriber(
             F::Connect { client_id: client_id.clone(), clean: false, session_present: Some(sp) },
             None,
         );
+        if !sp {
+            unreleased.clear();
+        }
         if !subscribed || !sp {
             let f = F::Subscribe { client_id: client_id.clone(), filter: filter.clone(), qos: q };
             let id = ctx.rec.invoke(process, Some(node), f.clone());
@@ -267,7 +275,13 @@ pub async fn subscriber(
             }
             match tokio::time::timeout(Duration::from_millis(500), el.poll()).await {
                 Err(_) => {}
+                Ok(Ok(Event::Incoming(Packet::PubRel(r)))) => {
+                    unreleased.remove(&r.pkid);
+                }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if p.qos == QoS::ExactlyOnce && !unreleased.insert(p.pkid) {
+                        continue;
+                    }
                     let payload = String::from_utf8_lossy(&p.payload).into_owned();
                     let (publisher, seq) = parse_payload(&payload);
                     ctx.rec.event(

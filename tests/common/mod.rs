@@ -3,6 +3,7 @@
 //! (`clients.rs`), and a raw client on the broker's own codec for byte-exact checks (`raw.rs`).
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod clients;
 pub mod procs;
 pub mod raw;
