@@ -38,9 +38,10 @@
 //! - `mqtt.server_keepalive`: absent, `null` or `"disabled"` → none; `mqtt.max_subscriptions`:
 //!   absent, `null` or `"infinity"` → unlimited; a listener's `max_connections = infinity` →
 //!   `usize::MAX`.
-//! - `listeners.ssl.*.verify` / `cluster.links[].ssl.verify`: `verify_peer` | `verify_none`
-//!   (default). An enabled SSL listener needs `certfile` and `keyfile`, and `cacertfile` when it
-//!   verifies peers.
+//! - `listeners.ssl.*.verify`: `verify_peer` | `verify_none` (default). An enabled SSL
+//!   listener needs `certfile` and `keyfile`, and `cacertfile` when it verifies peers.
+//! - `cluster.links[].ssl.verify`: `verify_peer` (default: the remote's certificate is checked
+//!   against `cacertfile`, else the system's roots) | `verify_none`.
 //! - `log.level`: `trace`, `debug`, `info`, `warn` (`warning`), `error`, `off`, or a tracing
 //!   filter directive containing `=` (e.g. `"info,strait::cluster=debug"`), passed through.
 //!
@@ -1643,7 +1644,10 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
         cacertfile: ssl.path("cacertfile")?,
         certfile: ssl.path("certfile")?,
         keyfile: ssl.path("keyfile")?,
-        verify_peer: ssl.verify("verify")?,
+        // A link verifies the remote cluster's certificate unless told not to (its CA file, or
+        // the system's roots): encryption without knowing who answers is not what a link
+        // across regions wants.
+        verify_peer: ssl.get("verify").is_none() || ssl.verify("verify")?,
     };
     Ok(LinkConfig {
         enable: o.bool("enable", true)?,
