@@ -67,7 +67,7 @@ pub fn scenarios() -> Vec<Scenario> {
         s("pause-node", "SIGSTOP a random node", &[PauseNode], 3, 1, false),
         s("kill-leader", "SIGKILL the leader, restart it later", &[KillLeader], 3, 1, true),
         s("kill-node", "SIGKILL a random node, restart it later", &[KillNode], 3, 1, false),
-        s("kill-leader-qos2", "SIGKILL the leader under QoS 2 traffic", &[KillLeader], 3, 2, false),
+        s("kill-leader-qos2", "SIGKILL the leader under QoS 2 traffic", &[KillLeader], 3, 2, true),
         s("clock-skew", "node clocks moved by up to ±60 s (libfaketime)", &[ClockSkew], 3, 1, false),
         s(
             "mixed",

@@ -280,8 +280,14 @@ pub async fn subscriber(
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     if p.qos == QoS::ExactlyOnce && !unreleased.insert(p.pkid) {
+                        tracing::debug!(
+                            client_id,
+                            pkid = p.pkid,
+                            "QoS 2 PUBLISH sent again under an unreleased id: not delivered twice"
+                        );
                         continue;
                     }
+                    tracing::trace!(client_id, node, pkid = p.pkid, qos = p.qos as u8, dup = p.dup, payload = %String::from_utf8_lossy(&p.payload), "deliver");
                     let payload = String::from_utf8_lossy(&p.payload).into_owned();
                     let (publisher, seq) = parse_payload(&payload);
                     ctx.rec.event(

@@ -72,6 +72,10 @@ enum After {
         codes: Vec<u8>,
         committed: Vec<usize>,
     },
+    /// PUBREL for an outbound QoS 2 delivery, once its durable copy's removal is committed.
+    PubRel {
+        pkid: u16,
+    },
 }
 
 /// Why the packet loop ended.
@@ -604,6 +608,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     }
                 }
             }
+            After::PubRel { pkid } => {
+                if let Some(e) = failed {
+                    // Not released: the client keeps the packet id, and whichever node serves
+                    // the session next sends the message again under it.
+                    tracing::info!(peer = %self.peer, error = %e, "QoS 2 completion not committed");
+                    return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
+                }
+                codec::encode(&Packet::PubRel(PubResp::new(pkid, reason::SUCCESS)), live.protocol, &mut self.outbuf);
+            }
             After::UnsubAck { packet_id, mut codes, committed } => {
                 if failed.is_some() {
                     for i in committed {
@@ -655,11 +668,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         _ => (Some(reason::PACKET_IDENTIFIER_NOT_FOUND), None),
                     }
                 };
-                // The client has the message: a durable copy is acknowledged now, so a node
-                // taking the session over does not send it a second time.
-                self.durable_done(live, seq);
-                if let Some(code) = code {
-                    self.send(live, Packet::PubRel(PubResp::new(r.packet_id, code)));
+                // The client has the message: its durable copy is removed, and PUBREL (which
+                // lets the client forget the packet id) goes out only once that is committed.
+                // Sent earlier, a node taking the session over after a crash could send the
+                // message again to a client that no longer knows it (jepsen kill-leader-qos2
+                // found exactly that duplicate).
+                match (code, seq, self.broker.cluster()) {
+                    (Some(reason::SUCCESS), Some(seq), Some(c)) => {
+                        let rx = c.commit(vec![crate::cluster::Command::Ack {
+                            client_id: live.client_id.to_string(),
+                            seqs: vec![seq],
+                        }]);
+                        live.pending.push_back(Pending::Wait(rx, After::PubRel { pkid: r.packet_id }));
+                    }
+                    (code, seq, _) => {
+                        self.durable_done(live, seq);
+                        if let Some(code) = code {
+                            self.send(live, Packet::PubRel(PubResp::new(r.packet_id, code)));
+                        }
+                    }
                 }
             }
             Packet::PubComp(r) => {
