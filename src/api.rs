@@ -32,6 +32,8 @@ pub fn router(broker: Arc<Broker>, node: String) -> Router {
         .route("/api/v5/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v5/cluster/nodes/{name}", delete(remove_node))
         .route("/api/v5/cluster/links", get(links))
+        .route("/api/v5/cluster/links/link/{name}", get(link))
+        .route("/api/v5/cluster/links/link/{name}/metrics", get(link_metrics))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
@@ -157,9 +159,98 @@ async fn subscriptions(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({ "data": data, "meta": { "count": data.len() } }))
 }
 
-async fn links(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let data: Vec<_> = s.broker.links.get().map(|l| l.iter().map(|x| x.to_json()).collect()).unwrap_or_default();
+#[derive(serde::Deserialize, Default)]
+struct LinksQuery {
+    /// `true`: this node's own view, never the leader's.
+    local: Option<bool>,
+}
+
+/// The links as this node sees them (`node` names it). Only the Raft leader holds the link
+/// connections; the others show `standby`.
+fn local_links(s: &ApiState) -> Vec<serde_json::Value> {
+    let node = s.broker.cluster().map(|c| c.node_name.clone()).unwrap_or_else(|| s.node.to_string());
+    s.broker
+        .links
+        .get()
+        .map(|l| {
+            l.iter()
+                .map(|x| {
+                    let mut v = x.to_json();
+                    v["node"] = json!(node);
+                    v
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The links as the Raft leader sees them (it holds the connections): asked over its HTTP API
+/// when this node is not the leader; this node's own view when the leader cannot be asked.
+async fn leader_links(s: &ApiState) -> Vec<serde_json::Value> {
+    let Some(c) = s.broker.cluster() else { return local_links(s) };
+    let l = c.leadership();
+    let Some(leader) = l.leader.filter(|id| *id != c.id) else { return local_links(s) };
+    let api = c.read(move |st| st.nodes.get(&leader).and_then(|n| n.api.clone())).await;
+    if let Some(api) = api {
+        if let Some(v) = http_get_json(&api, "/api/v5/cluster/links?local=true").await {
+            if let Some(data) = v["data"].as_array() {
+                return data.clone();
+            }
+        }
+    }
+    local_links(s)
+}
+
+/// A small HTTP/1.1 GET to another node's API (2 s bound); its JSON body.
+async fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        if !text.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), fut).await.ok().flatten()
+}
+
+async fn links(State(s): State<ApiState>, q: axum::extract::Query<LinksQuery>) -> Json<serde_json::Value> {
+    let data = if q.local == Some(true) { local_links(&s) } else { leader_links(&s).await };
     Json(json!({ "data": data, "meta": { "count": data.len() } }))
+}
+
+fn link_not_found(name: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"code": "LINK_NOT_FOUND", "message": format!("no link named {name}")})))
+        .into_response()
+}
+
+async fn link(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    match leader_links(&s).await.into_iter().find(|l| l["name"] == name.as_str()) {
+        Some(l) => Json(l).into_response(),
+        None => link_not_found(&name),
+    }
+}
+
+async fn link_metrics(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    match leader_links(&s).await.into_iter().find(|l| l["name"] == name.as_str()) {
+        Some(l) => Json(json!({
+            "name": l["name"],
+            "node": l["node"],
+            "status": l["status"],
+            "routes": l["routes"].as_array().map(|r| r.len()).unwrap_or(0),
+            "messages_received": l["messages_received"],
+            "messages_published": l["messages_published"],
+            "connects": l["connects"],
+        }))
+        .into_response(),
+        None => link_not_found(&name),
+    }
 }
 
 fn no_cluster() -> Response {

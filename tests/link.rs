@@ -107,6 +107,26 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     assert_eq!(output(sub).trim(), "linked/42 Hello from the other side!");
     tracing::info!("== eu-west -> us-east delivered in {:?}", started.elapsed());
 
+    tracing::info!("== every node's API answers with the leader's link state");
+    let mut holders = std::collections::BTreeSet::new();
+    for n in &east.nodes {
+        let (code, body) =
+            common::procs::http_get(n.api, "/api/v5/cluster/links/link/cluster-eu-west").expect("link API answers");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["status"], "connected", "node {} answers with the holder's view: {v}", n.name);
+        holders.insert(v["node"].as_str().unwrap_or("").to_string());
+        let (code, body) = common::procs::http_get(n.api, "/api/v5/cluster/links/link/cluster-eu-west/metrics")
+            .expect("link metrics answer");
+        assert_eq!(code, 200, "{body}");
+        let m: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        // (mosquitto_sub -C 1 has left, so its route is gone again: routes may be 0.)
+        assert!(m["routes"].is_u64() && m["messages_received"].as_u64().unwrap_or(0) >= 1, "{m}");
+        let (code, _) = common::procs::http_get(n.api, "/api/v5/cluster/links/link/nope").expect("API answers");
+        assert_eq!(code, 404);
+    }
+    assert_eq!(holders.len(), 1, "one link holder, named by every node: {holders:?}");
+
     tracing::info!("== step 4: the other direction");
     let sub = mosquitto_sub(west.nodes[2].mqtt, "linked/#", 1);
     west.wait_link("cluster-us-east", Some("linked/#")).await;
