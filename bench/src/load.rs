@@ -202,9 +202,12 @@ async fn run_publisher(
     let acked = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = watch::channel(false);
     let err: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // Set before our own DISCONNECT: the broker closing the connection after it is expected.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let acked = acked.clone();
         let err = err.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -217,8 +220,10 @@ async fn run_publisher(
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            if let Ok(mut g) = err.lock() {
-                                *g = Some(format!("publisher {id}: {e}"));
+                            if !closing.load(Ordering::Relaxed) {
+                                if let Ok(mut g) = err.lock() {
+                                    *g = Some(format!("publisher {id}: {e}"));
+                                }
                             }
                             return;
                         }
@@ -256,6 +261,7 @@ async fn run_publisher(
             break;
         }
     }
+    closing.store(true, Ordering::Relaxed);
     let _ = client.disconnect().await;
     let _ = done_tx.send(true);
     let _ = poller.await;
