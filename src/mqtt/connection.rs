@@ -104,8 +104,6 @@ where
         let mut conn = Conn {
             rd,
             wr,
-            // Small until used: an idle connection costs its read buffer and little else
-            // (the write buffer grows on the first write, the read buffer when reads fill it).
             // Small until used: an idle connection costs a 512-byte read buffer and an empty
             // write buffer (it grows on the first write); see `grow_inbuf` for busy ones.
             inbuf: BytesMut::with_capacity(IDLE_READ),
@@ -143,7 +141,8 @@ struct Live {
     protocol: Protocol,
     client_id: Arc<str>,
     username: Option<String>,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and `Live` lives as long as the connection.
+    will: Option<Box<Will>>,
     keep_alive: Option<Duration>,
     aliases: HashMap<u16, String>,
     /// Client's Maximum Packet Size (v5), u32::MAX when not given.
@@ -160,22 +159,24 @@ struct Live {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn run(&mut self) {
-        let connect = match self.read_connect().await {
+        let connect = match Box::pin(self.read_connect()).await {
             Some(c) => c,
             None => return,
         };
-        let Some(mut live) = self.accept_connect(*connect).await else { return };
+        // The CONNECT phases run boxed: their state would otherwise widen the connection's
+        // task for its whole life (the task is one allocation sized for its largest state).
+        let Some(mut live) = Box::pin(self.accept_connect(*connect)).await else { return };
         tracing::Span::current().record("client_id", &*live.client_id);
         tracing::debug!(protocol = ?live.protocol, "conn.connected");
         let close = self.packet_loop(&mut live).await;
         let will = match &close {
             Close::Normal { keep_will: false } => None,
-            _ => live.will.take(),
+            _ => live.will.take().map(|w| *w),
         };
         match close {
             Close::Server(code, why) => {
                 tracing::info!(peer = %self.peer, reason = code, why, "conn.closed_by_server");
-                self.send_disconnect(&live, code, Some(why)).await;
+                Box::pin(self.send_disconnect(&live, code, Some(why))).await;
             }
             Close::Kicked(k) => {
                 let code = match k {
@@ -183,7 +184,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     Kick::Admin => reason::ADMINISTRATIVE_ACTION,
                     Kick::Shutdown => reason::SERVER_SHUTTING_DOWN,
                 };
-                self.send_disconnect(&live, code, None).await;
+                Box::pin(self.send_disconnect(&live, code, None)).await;
             }
             Close::Normal { .. } | Close::Abnormal => {}
         }
@@ -409,7 +410,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             protocol: c.protocol,
             client_id: client_id.into(),
             username: c.username,
-            will: c.will,
+            will: c.will.map(Box::new),
             keep_alive,
             aliases: HashMap::new(),
             max_out,
@@ -449,7 +450,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         loop {
             if let Some(slow) = live.throttle.take() {
                 // Our own PUBACKs wait too: that is what slows the publisher down.
-                slow.wait(&self.broker, Duration::from_millis(500)).await;
+                Box::pin(slow.wait(&self.broker, Duration::from_millis(500))).await;
                 // Packets already read but not handled because of the throttle.
                 if let Some(close) = self.process_input(live, max) {
                     return close;
@@ -1126,4 +1127,32 @@ pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, n
         properties,
     };
     codec::encode(&Packet::Publish(p), protocol, out);
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// An idle connection's cost is mostly its task: the future `serve` returns lives in one
+    /// allocation for the connection's whole life. Keep it small (big rarely-used states go
+    /// behind a Box).
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let cfg = crate::config::Config::default();
+        let broker =
+            crate::broker::Broker::new(&cfg, None, tokio_util::sync::CancellationToken::new()).expect("broker");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (rd, wr) = c.into_split();
+        let peer = l.local_addr().expect("addr");
+        let fut = super::serve(rd, wr, peer, broker, false);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!(
+            "connection future: {size} bytes (Live {}, Sleep {}, Will {}, Properties {}, Connect {})",
+            std::mem::size_of::<super::Live>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<crate::mqtt::packet::Will>(),
+            std::mem::size_of::<crate::mqtt::packet::Properties>(),
+            std::mem::size_of::<crate::mqtt::packet::Connect>(),
+        );
+        assert!(size <= 2048, "the connection future grew to {size} bytes (it was 1384)");
+    }
 }
