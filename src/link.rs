@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::broker::message::{now_ms, Message};
 use crate::broker::{Broker, LINK_PUBLISHER};
 use crate::config::{Config, LinkConfig};
-use crate::mqtt::connection::LINK_PROPERTY;
+use crate::mqtt::connection::{LINK_PROPERTY, LINK_VERSION, LINK_VERSION_PROPERTY};
 use crate::mqtt::packet::{Properties, QoS};
 use crate::mqtt::topic;
 
@@ -255,7 +255,10 @@ async fn run(
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_manual_acks(true);
     opts.set_receive_maximum(Some(link.max_inflight.max(1)));
-    opts.set_user_properties(vec![(LINK_PROPERTY.to_string(), me.to_string())]);
+    opts.set_user_properties(vec![
+        (LINK_PROPERTY.to_string(), me.to_string()),
+        (LINK_VERSION_PROPERTY.to_string(), LINK_VERSION.to_string()),
+    ]);
     opts.set_max_packet_size(Some(broker.mqtt.max_packet_size));
     if let Some(u) = &link.username {
         opts.set_credentials(u.clone(), link.password.clone().unwrap_or_default());

@@ -161,9 +161,20 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
     let (_, ack) = Raw::connect(([127, 0, 0, 1], east.nodes[0].clink).into(), Protocol::V5, "intruder").await;
     assert_eq!(ack.code, 0x87, "an ordinary client on the link listener is refused");
     let mut c = connect_packet(Protocol::V5, "clink-nobody");
-    c.properties.user_properties = vec![("strait-link".into(), "cluster-unknown".into())];
+    c.properties.user_properties =
+        vec![("strait-link".into(), "cluster-unknown".into()), ("strait-link-version".into(), "1".into())];
     let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
     assert_eq!(ack.code, 0x87, "a link from a cluster with no link configured here is refused");
+    let mut c = connect_packet(Protocol::V5, "clink-self");
+    c.properties.user_properties =
+        vec![("strait-link".into(), "cluster-us-east".into()), ("strait-link-version".into(), "1".into())];
+    let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
+    assert_eq!(ack.code, 0x87, "a link naming this cluster itself is refused");
+    let mut c = connect_packet(Protocol::V5, "clink-future");
+    c.properties.user_properties =
+        vec![("strait-link".into(), "cluster-eu-west".into()), ("strait-link-version".into(), "2".into())];
+    let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
+    assert_eq!(ack.code, 0x84, "a link client of another protocol version is refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

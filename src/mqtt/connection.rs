@@ -39,6 +39,10 @@ const BUSY_READ: usize = 16 * 1024;
 const BUSY_MARK: usize = 64;
 /// CONNECT user property by which another cluster's link client names its cluster.
 pub const LINK_PROPERTY: &str = "strait-link";
+/// CONNECT user property carrying the link protocol version; a link client of another version
+/// is refused (0x84) with the reason in its link status.
+pub const LINK_VERSION_PROPERTY: &str = "strait-link-version";
+pub const LINK_VERSION: &str = "1";
 
 /// Acknowledgements waiting for a cluster commit before this connection stops reading.
 const PENDING_MAX: usize = 256;
@@ -253,6 +257,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.link_names.contains(*r)) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
             fail = Some(reason::NOT_AUTHORIZED);
+        } else if let Some(remote) =
+            link_from.as_ref().filter(|r| self.broker.cluster().is_some_and(|c| c.cluster_name == **r))
+        {
+            tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: a link from a cluster with this cluster's own name");
+            fail = Some(reason::NOT_AUTHORIZED);
+        } else if link_from.is_some()
+            && !c.properties.user_properties.iter().any(|(k, v)| k == LINK_VERSION_PROPERTY && v == LINK_VERSION)
+        {
+            let theirs =
+                c.properties.user_properties.iter().find(|(k, _)| k == LINK_VERSION_PROPERTY).map(|(_, v)| v.clone());
+            tracing::warn!(peer = %self.peer, theirs = ?theirs, ours = LINK_VERSION, "conn.refused: link protocol version mismatch");
+            fail = Some(reason::UNSUPPORTED_PROTOCOL_VERSION);
         } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) || client_id.len() > cfg.max_clientid_len {
             // (`$link:` names the origin of messages that came over a cluster link.)
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
