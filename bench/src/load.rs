@@ -269,7 +269,8 @@ async fn run_publisher(
     PubResult { sent, acked: acked.load(Ordering::Relaxed), first_ns, error }
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+/// The `q` quantile of sorted microsecond samples, in milliseconds.
+pub fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -355,9 +356,9 @@ pub async fn run(flow: &Flow) -> anyhow::Result<Outcome> {
         out.msgs_per_s = out.received as f64 / out.seconds;
     }
     lat.sort_unstable();
-    out.p50_ms = percentile(&lat, 0.50);
-    out.p99_ms = percentile(&lat, 0.99);
-    out.p999_ms = percentile(&lat, 0.999);
+    out.p50_ms = percentile_ms(&lat, 0.50);
+    out.p99_ms = percentile_ms(&lat, 0.99);
+    out.p999_ms = percentile_ms(&lat, 0.999);
     out.max_ms = lat.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0);
     Ok(out)
 }
@@ -450,8 +451,4 @@ pub async fn connect_rate(addr: SocketAddr, workers: usize, time: Duration) -> (
     }
     all.sort_unstable();
     (all.len() as u64, all, err)
-}
-
-pub fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
-    percentile(sorted_us, q)
 }

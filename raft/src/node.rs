@@ -314,8 +314,6 @@ impl<S: StateMachine> RaftNode<S> {
         self.inner.sm.read(f).await
     }
 
-    /// Propose one command; resolves with its response once the entry is committed and applied
-    /// (on the leader; on this node the apply may follow shortly after).
     /// Queue `cmd` now (synchronously, so proposals made one after the other by one caller are
     /// committed in that order) and return the future of its response.
     pub fn propose_ordered(
@@ -343,12 +341,10 @@ impl<S: StateMachine> RaftNode<S> {
         })
     }
 
+    /// Propose one command; resolves with its response once the entry is committed and applied
+    /// (on the leader; on this node the apply may follow shortly after).
     pub async fn propose(&self, cmd: S::Command) -> Result<S::Response, ProposeError> {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let prop = Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd };
-        let (tx, rx) = oneshot::channel();
-        self.inner.proposals.send(Pending { prop, tx }).await.map_err(|_| ProposeError::Shutdown)?;
-        rx.await.map_err(|_| ProposeError::Shutdown)?
+        self.propose_ordered(cmd).await
     }
 
     /// Add `id` at `addr` as a learner (it receives the log, does not vote); returns when it

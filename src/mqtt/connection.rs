@@ -499,7 +499,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     Ok(0) | Err(_) => return Close::Abnormal,
                     Ok(n) => {
                         self.broker.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        if n >= BUSY_MARK || n >= IDLE_READ {
+                        if n >= BUSY_MARK {
                             self.grow_inbuf(n);
                         }
                         keepalive.as_mut().reset(Instant::now() + ka);
@@ -1013,20 +1013,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             let pkid = if d.qos == QoS::AtMostOnce {
                 0
-            } else if let Some(seq) = d.seq {
-                // A durable delivery's packet id follows from its replicated sequence number:
-                // a node that takes the session over after a crash sends it again under the
-                // same id, so a QoS 2 receiver that already has it (waiting for its PUBREL)
-                // does not deliver it twice. (jepsen kill-leader-qos2 caught the duplicate
-                // when the new owner picked fresh ids.)
-                let id = (seq % u64::from(u16::MAX)) as u16 + 1;
-                if st.inflight.contains_key(&id) {
-                    st.queue.push_front(d);
-                    break;
-                }
-                id
             } else {
-                match st.alloc_pkid() {
+                match st.pkid_for(d.seq) {
                     Some(id) => id,
                     None => {
                         st.queue.push_front(d);
