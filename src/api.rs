@@ -31,8 +31,8 @@ pub fn router(broker: Arc<Broker>, node: String) -> Router {
         .route("/api/v5/cluster", get(cluster))
         .route("/api/v5/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v5/cluster/nodes/{name}", delete(remove_node))
-        .route("/api/v5/cluster/links", get(links))
-        .route("/api/v5/cluster/links/link/{name}", get(link))
+        .route("/api/v5/cluster/links", get(links).post(create_link))
+        .route("/api/v5/cluster/links/link/{name}", get(link).put(update_link).delete(delete_link))
         .route("/api/v5/cluster/links/link/{name}/metrics", get(link_metrics))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -171,17 +171,14 @@ fn local_links(s: &ApiState) -> Vec<serde_json::Value> {
     let node = s.broker.cluster().map(|c| c.node_name.clone()).unwrap_or_else(|| s.node.to_string());
     s.broker
         .links
-        .get()
-        .map(|l| {
-            l.iter()
-                .map(|x| {
-                    let mut v = x.to_json();
-                    v["node"] = json!(node);
-                    v
-                })
-                .collect()
+        .statuses()
+        .iter()
+        .map(|x| {
+            let mut v = x.to_json();
+            v["node"] = json!(node);
+            v
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The links as the Raft leader sees them (it holds the connections): asked over its HTTP API
@@ -244,13 +241,156 @@ async fn link_metrics(State(s): State<ApiState>, Path(name): Path<String>) -> Re
             "node": l["node"],
             "status": l["status"],
             "routes": l["routes"].as_array().map(|r| r.len()).unwrap_or(0),
+            "inflight": l["inflight"],
             "messages_received": l["messages_received"],
             "messages_published": l["messages_published"],
+            "messages_duplicate": l["messages_duplicate"],
+            "messages_dropped": l["messages_dropped"],
             "connects": l["connects"],
+            "outbox": outbox(&s, &name).await,
         }))
         .into_response(),
         None => link_not_found(&name),
     }
+}
+
+/// The other direction: what this cluster holds for the remote's link client (its session
+/// here): messages queued for it, filters it subscribed, whether it is connected.
+async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
+    if let Some(c) = s.broker.cluster() {
+        let name = name.to_string();
+        return c
+            .read(move |st| {
+                let e = st.sessions.iter().find(|(_, e)| e.link.as_deref() == Some(name.as_str()));
+                match e {
+                    Some((id, e)) => json!({
+                        "clientid": id,
+                        "connected": e.connected,
+                        "depth": e.queue.len(),
+                        "routes": e.subscriptions.len(),
+                    }),
+                    None => serde_json::Value::Null,
+                }
+            })
+            .await;
+    }
+    match s.broker.sessions().into_iter().find(|x| x.link_remote().as_deref() == Some(name)) {
+        Some(x) => {
+            let st = x.lock();
+            json!({
+                "clientid": &*x.client_id,
+                "connected": x.is_connected(),
+                "depth": st.queue.len(),
+                "inflight": st.inflight.len(),
+                "routes": st.subscriptions.len(),
+            })
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+type JsonBody = Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>;
+
+/// Commit one link change (through Raft, or to sled on a single node), then answer with the
+/// link as it now stands.
+async fn commit_link(s: &ApiState, name: &str, spec: Option<String>, drop_sessions: bool) -> Result<(), String> {
+    match s.broker.cluster() {
+        Some(c) => {
+            let cmd = crate::cluster::Command::LinkSet { name: name.to_string(), spec, drop_sessions };
+            c.commit_wait(vec![cmd]).await.map(|_| ()).map_err(|e| format!("committing the link change: {e}"))
+        }
+        None => s
+            .broker
+            .set_link_local(name, spec, drop_sessions)
+            .map_err(|e| format!("storing the link change: {e}")),
+    }
+}
+
+/// Validate a link's JSON; the error names the key.
+fn validate_link(s: &ApiState, v: &serde_json::Value) -> Result<crate::config::LinkConfig, String> {
+    let me = s.broker.cluster().map(|c| c.cluster_name.clone()).unwrap_or_else(|| s.broker.links.cluster_name().to_string());
+    match crate::config::link_from_json(v, &me) {
+        Ok((l, warnings)) => {
+            for w in warnings {
+                tracing::warn!(link = %l.name, "{w}");
+            }
+            Ok(l)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn link_json(l: &crate::config::LinkConfig) -> serde_json::Value {
+    crate::config::link_to_json(l, false)
+}
+
+/// `POST /api/v5/cluster/links`: create a link (same keys as `cluster.links[]`).
+async fn create_link(State(s): State<ApiState>, body: JsonBody) -> Response {
+    let Json(v) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("expected a link object: {e}")),
+    };
+    let l = match validate_link(&s, &v) {
+        Ok(l) => l,
+        Err(e) => return bad_request(e),
+    };
+    if s.broker.links.get(&l.name).is_some() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "ALREADY_EXISTS", "message": format!("a link named {} exists (PUT changes it)", l.name)})),
+        )
+            .into_response();
+    }
+    let spec = crate::config::link_to_json(&l, true).to_string();
+    if let Err(e) = commit_link(&s, &l.name, Some(spec), false).await {
+        return unavailable(e);
+    }
+    tracing::info!(link = %l.name, "api.link.created");
+    (StatusCode::CREATED, Json(link_json(&l))).into_response()
+}
+
+/// `PUT /api/v5/cluster/links/link/{name}`: change a link; keys not given keep their value
+/// (a password of `******` too). A changed `topics` re-bootstraps its routes.
+async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, body: JsonBody) -> Response {
+    let Json(v) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("expected a link object: {e}")),
+    };
+    let Some(old) = s.broker.links.get(&name) else { return link_not_found(&name) };
+    let Some(changes) = v.as_object() else { return bad_request("expected a link object".into()) };
+    if changes.get("name").is_some_and(|n| n != name.as_str()) {
+        return bad_request(format!("name: a link cannot be renamed (the path names {name})"));
+    }
+    let mut merged = crate::config::link_to_json(&old, true);
+    for (k, val) in changes {
+        if k == "password" && val == "******" {
+            continue;
+        }
+        merged[k] = val.clone();
+    }
+    let l = match validate_link(&s, &merged) {
+        Ok(l) => l,
+        Err(e) => return bad_request(e),
+    };
+    let spec = crate::config::link_to_json(&l, true).to_string();
+    if let Err(e) = commit_link(&s, &name, Some(spec), !l.enable).await {
+        return unavailable(e);
+    }
+    tracing::info!(link = %name, "api.link.updated");
+    Json(link_json(&l)).into_response()
+}
+
+/// `DELETE /api/v5/cluster/links/link/{name}`: stop the link; its session (and routes) end
+/// here and at the remote.
+async fn delete_link(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    if s.broker.links.get(&name).is_none() {
+        return link_not_found(&name);
+    }
+    if let Err(e) = commit_link(&s, &name, None, true).await {
+        return unavailable(e);
+    }
+    tracing::info!(link = %name, "api.link.deleted");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn no_cluster() -> Response {
@@ -402,8 +542,6 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     if let Some(c) = s.broker.cluster() {
         crate::metrics::render_cluster(&mut body, &c);
     }
-    if let Some(links) = s.broker.links.get() {
-        crate::metrics::render_links(&mut body, links);
-    }
+    crate::metrics::render_links(&mut body, &s.broker.links.statuses());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

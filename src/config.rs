@@ -1621,6 +1621,54 @@ fn decode_raft(o: &Obj) -> R<RaftTiming> {
     })
 }
 
+/// A link from the HTTP API's JSON body: the keys, defaults and checks of `cluster.links[]`
+/// (errors name the key, e.g. `topics[0]: invalid topic filter "a/#/b"`). Also returns the
+/// warnings (filters covered by another of the link's filters).
+pub fn link_from_json(v: &serde_json::Value, cluster_name: &str) -> Result<(LinkConfig, Vec<String>), String> {
+    fn node(v: &serde_json::Value) -> Node {
+        match v {
+            serde_json::Value::Null => Node::Null,
+            serde_json::Value::Bool(b) => Node::Bool(*b),
+            serde_json::Value::Number(n) => Node::Num(n.to_string()),
+            serde_json::Value::String(s) => Node::Str(s.clone()),
+            serde_json::Value::Array(a) => Node::List(a.iter().map(node).collect()),
+            serde_json::Value::Object(o) => Node::Obj(o.iter().map(|(k, v)| (k.clone(), node(v))).collect()),
+        }
+    }
+    let n = node(v);
+    if !matches!(n, Node::Obj(_)) {
+        return Err("expected a link object".into());
+    }
+    let mut warnings = Vec::new();
+    let link = object(Some(&n), String::new(), &LINK)
+        .and_then(|o| decode_link(&o, cluster_name, &mut warnings))
+        .map_err(|f| if f.key.is_empty() { f.problem } else { format!("{}: {}", f.key, f.problem) })?;
+    Ok((link, warnings))
+}
+
+/// The JSON of a link, as the API takes it; the password as `******` unless `reveal`.
+pub fn link_to_json(l: &LinkConfig, reveal: bool) -> serde_json::Value {
+    let password = l.password.as_ref().map(|p| if reveal { p.clone() } else { "******".to_string() });
+    serde_json::json!({
+        "name": l.name,
+        "enable": l.enable,
+        "server": l.server.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "clientid": l.clientid,
+        "username": l.username,
+        "password": password,
+        "topics": l.topics,
+        "ssl": {
+            "enable": l.ssl.enable,
+            "cacertfile": l.ssl.cacertfile,
+            "certfile": l.ssl.certfile,
+            "keyfile": l.ssl.keyfile,
+            "verify": if l.ssl.verify_peer { "verify_peer" } else { "verify_none" },
+        },
+        "retry_interval": fmt_duration(l.retry_interval),
+        "max_inflight": l.max_inflight,
+    })
+}
+
 fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<LinkConfig> {
     let name = o.required_string("name")?;
     check_name(&name).map_err(|p| Fail::new(o.key("name"), p))?;

@@ -2,28 +2,39 @@
 //! remote cluster, where subscribers here want it.
 //!
 //! A link `{ name = <remote cluster>, server = <its link listener>, clientid, topics }` means:
-//! this cluster is interested in messages of the remote cluster that match `topics`. The link
-//! is one MQTT 5 connection, owned by this cluster's Raft leader (a single node is its own
-//! leader), to the remote's link listener, with a persistent session (clean start false), so
-//! messages the remote accepted for us wait there while the link is down or changes hands:
+//! this cluster accepts the link client of that cluster, and is interested in that cluster's
+//! messages matching `topics`. The link is one MQTT 5 connection, owned by this cluster's Raft
+//! leader (a single node is its own leader), to the remote's link listener, with a persistent
+//! session (clean start false): the remote's replicated queue of that session is the outbox,
+//! committed there before its publisher's PUBACK, so messages wait there while the link is
+//! down or changes hands:
 //!
 //! - Route sync: the link subscribes, in the remote cluster, to every filter subscribed here
 //!   (on any node of this cluster) that intersects the link's `topics`, and unsubscribes what is
-//!   no longer wanted. The remote commits each of these route changes to its Raft log before it
-//!   acknowledges (its SUBSCRIBE path). Propagation is asynchronous: a message published there
-//!   before the route arrived is not forwarded.
-//! - Messages: each PUBLISH from the remote is published here as from `$link:<remote>`, and
-//!   acknowledged to the remote only after it is committed here where that is needed (retained,
-//!   QoS≥1 to persistent sessions); a lost acknowledgement means a redelivery, never a loss.
+//!   no longer wanted (these are the route deltas; the remote commits each to its Raft log
+//!   before it acknowledges). On every connection the remote lists the routes it holds for the
+//!   link in its CONNACK (`strait-link-route` user properties): the bootstrap diffs against
+//!   that, so a route removed while the link was down is removed there too. Propagation is
+//!   asynchronous: a message published there before the route arrived is not forwarded.
+//! - Messages: the remote stamps each durable message with its sequence number and original
+//!   QoS (`strait-link-seq`, `strait-link-qos`). Here it is committed as `FromLink` (applied once
+//!   per sequence number: a redelivery after a lost acknowledgement is a duplicate), delivered
+//!   after that commit, and acknowledged to the remote after it. So QoS 2 stays exactly once end
+//!   to end, and QoS 1 is not duplicated by link failovers either.
 //! - No loops, no transit: a message that came in over a link is never sent out over one.
 //! - Leader change: the old leader drops its link connections when its lease ends; the new
 //!   leader connects with the same client id (the remote takes the session over: 0x8E fences a
 //!   stale leader) and resumes the session with everything not yet acknowledged.
+//! - Changes at runtime (HTTP API, committed through Raft as `LinkSet`): the link's actor is
+//!   restarted with the new configuration (a changed `topics` re-bootstraps the routes). A
+//!   deleted or disabled link ends its session at the remote (a clean, expiring connection:
+//!   the remote drops its routes and queue) and here (the remote's link client is disconnected
+//!   and its session and routes removed).
 //!
 //! The remote side accepts a link client only if it has a link configured to this cluster's
 //! name (the client names its cluster in a CONNECT user property).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,29 +43,148 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet as RPacket, Publish as RPublish,
 use rumqttc::v5::mqttbytes::QoS as RQoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::json;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::broker::message::{now_ms, Message};
-use crate::broker::{Broker, LINK_PUBLISHER};
-use crate::config::{Config, LinkConfig};
+use crate::broker::{Broker, Deferred, LINK_PUBLISHER};
+use crate::cluster::state::Seen;
+use crate::cluster::{Command, Outcome, Response};
+use crate::config::{link_from_json, link_to_json, Config, LinkConfig};
 use crate::mqtt::connection::{LINK_PROPERTY, LINK_VERSION, LINK_VERSION_PROPERTY};
 use crate::mqtt::packet::{Properties, QoS};
 use crate::mqtt::topic;
 
 /// Session expiry asked of the remote for the link's session: a week of outage.
 const LINK_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
+/// User property of a message sent over a link: its sequence number in the sending cluster.
+pub const LINK_SEQ_PROPERTY: &str = "strait-link-seq";
+/// User property of a message sent over a link: the QoS it was published with.
+pub const LINK_QOS_PROPERTY: &str = "strait-link-qos";
+/// CONNACK user property (repeated) to a link client: one route its session holds.
+pub const LINK_ROUTE_PROPERTY: &str = "strait-link-route";
+
+/// The links in force: the config file's, overridden by the API's changes (committed through
+/// Raft, or stored in sled on a single node), and their status.
+pub struct Registry {
+    me: String,
+    file: Vec<LinkConfig>,
+    inner: Mutex<RegistryState>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    overrides: BTreeMap<String, Option<String>>,
+    effective: Arc<Vec<LinkConfig>>,
+    statuses: BTreeMap<String, Arc<LinkStatus>>,
+    /// Without a cluster: the remote sequence numbers seen per link (in memory).
+    seen: BTreeMap<String, Seen>,
+}
+
+impl Registry {
+    pub fn new(cfg: &Config) -> Registry {
+        let state = RegistryState { effective: Arc::new(cfg.cluster.links.clone()), ..Default::default() };
+        Registry {
+            me: cfg.cluster.name.clone(),
+            file: cfg.cluster.links.clone(),
+            inner: Mutex::new(state),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The API's changes, all of them (from the replicated state or sled).
+    pub fn set_overrides(&self, overrides: BTreeMap<String, Option<String>>) {
+        let mut eff = self.file.clone();
+        for (name, spec) in &overrides {
+            let parsed = spec.as_ref().map(|s| {
+                serde_json::from_str::<serde_json::Value>(s)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| link_from_json(&v, &self.me))
+            });
+            match parsed {
+                None => eff.retain(|l| &l.name != name),
+                Some(Ok((l, _))) => match eff.iter_mut().find(|x| &x.name == name) {
+                    Some(x) => *x = l,
+                    None => eff.push(l),
+                },
+                Some(Err(e)) => tracing::error!(link = %name, "a stored link change is invalid, ignored: {e}"),
+            }
+        }
+        let mut st = self.lock();
+        if st.overrides == overrides {
+            return;
+        }
+        st.overrides = overrides;
+        st.effective = Arc::new(eff);
+        drop(st);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// One API change applied to the current overrides (single node).
+    pub fn set_override(&self, name: &str, spec: Option<String>) -> BTreeMap<String, Option<String>> {
+        let mut all = self.lock().overrides.clone();
+        all.insert(name.to_string(), spec);
+        self.set_overrides(all.clone());
+        all
+    }
+
+    /// This cluster's name.
+    pub fn cluster_name(&self) -> &str {
+        &self.me
+    }
+
+    pub fn effective(&self) -> Arc<Vec<LinkConfig>> {
+        self.lock().effective.clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<LinkConfig> {
+        self.lock().effective.iter().find(|l| l.name == name).cloned()
+    }
+
+    /// Whether cluster `remote`'s link client may connect: a link to it is configured and
+    /// enabled here.
+    pub fn accepts(&self, remote: &str) -> bool {
+        self.lock().effective.iter().any(|l| l.name == remote && l.enable)
+    }
+
+    /// The status of every link in force, in configuration order.
+    pub fn statuses(&self) -> Vec<Arc<LinkStatus>> {
+        let st = self.lock();
+        st.effective
+            .iter()
+            .map(|l| st.statuses.get(&l.name).filter(|s| s.config == *l).cloned().unwrap_or_else(|| Arc::new(LinkStatus::new(l))))
+            .collect()
+    }
+
+    fn set_statuses(&self, statuses: BTreeMap<String, Arc<LinkStatus>>) {
+        self.lock().statuses = statuses;
+    }
+
+    /// Without a cluster: record `seq` of `link`; false if seen before.
+    fn seen_insert(&self, link: &str, seq: u64) -> bool {
+        self.lock().seen.entry(link.to_string()).or_default().insert(seq)
+    }
+
+    fn seen_reset(&self, link: &str) {
+        self.lock().seen.remove(link);
+    }
+}
 
 /// What the API shows of one link.
 pub struct LinkStatus {
-    pub name: String,
-    pub servers: Vec<String>,
-    pub topics: Vec<String>,
-    pub enabled: bool,
+    pub config: LinkConfig,
     state: Mutex<State>,
     pub received: AtomicU64,
     pub published: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dropped: AtomicU64,
     pub connects: AtomicU64,
 }
 
@@ -65,15 +195,13 @@ struct State {
     since_ms: u64,
     last_error: Option<String>,
     routes: Vec<String>,
+    inflight: usize,
 }
 
 impl LinkStatus {
     fn new(l: &LinkConfig) -> LinkStatus {
         LinkStatus {
-            name: l.name.clone(),
-            servers: l.server.iter().map(|s| format!("{}:{}", s.host, s.port)).collect(),
-            topics: l.topics.clone(),
-            enabled: l.enable,
+            config: l.clone(),
             state: Mutex::new(State {
                 status: if l.enable { "starting" } else { "disabled" },
                 since_ms: now_ms(),
@@ -81,8 +209,14 @@ impl LinkStatus {
             }),
             received: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
     }
 
     fn set(&self, status: &'static str, server: Option<String>, error: Option<String>) {
@@ -101,6 +235,10 @@ impl LinkStatus {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).routes = routes.iter().cloned().collect();
     }
 
+    fn set_inflight(&self, n: usize) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).inflight = n;
+    }
+
     pub fn route_count(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).routes.len()
     }
@@ -111,39 +249,27 @@ impl LinkStatus {
 
     pub fn to_json(&self) -> serde_json::Value {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        json!({
-            "name": self.name,
-            "enable": self.enabled,
-            "server": self.servers,
-            "topics": self.topics,
-            "status": st.status,
-            "connected_server": st.server,
-            "status_since_ms": st.since_ms,
-            "last_error": st.last_error,
-            "routes": st.routes,
-            "messages_received": self.received.load(Ordering::Relaxed),
-            "messages_published": self.published.load(Ordering::Relaxed),
-            "connects": self.connects.load(Ordering::Relaxed),
-        })
+        let mut v = link_to_json(&self.config, false);
+        v["status"] = json!(st.status);
+        v["connected_server"] = json!(st.server);
+        v["status_since_ms"] = json!(st.since_ms);
+        v["last_error"] = json!(st.last_error);
+        v["routes"] = json!(st.routes);
+        v["inflight"] = json!(st.inflight);
+        v["messages_received"] = json!(self.received.load(Ordering::Relaxed));
+        v["messages_published"] = json!(self.published.load(Ordering::Relaxed));
+        v["messages_duplicate"] = json!(self.duplicates.load(Ordering::Relaxed));
+        v["messages_dropped"] = json!(self.dropped.load(Ordering::Relaxed));
+        v["connects"] = json!(self.connects.load(Ordering::Relaxed));
+        v
     }
 }
 
-/// Start one supervisor per configured link (each runs on every node; only the leader's
-/// connects).
+/// Start the node's link manager: it runs one actor per enabled link in force (each acts only
+/// while this node leads) and follows the API's changes.
 pub fn start(cfg: &Config, broker: Arc<Broker>, cancel: CancellationToken, tracker: &TaskTracker) {
-    let tracker_for_links = tracker.clone();
-    let mut statuses = Vec::new();
-    for l in &cfg.cluster.links {
-        let status = Arc::new(LinkStatus::new(l));
-        statuses.push(status.clone());
-        if !l.enable {
-            continue;
-        }
-        let span = tracing::info_span!("link", name = %l.name);
-        let ctx = Ctx { broker: broker.clone(), cancel: cancel.clone(), tracker: tracker_for_links.clone() };
-        tracker.spawn(supervise(l.clone(), cfg.cluster.name.clone(), ctx, status).instrument(span));
-    }
-    let _ = broker.links.set(statuses);
+    let ctx = Ctx { broker, cancel, tracker: tracker.clone(), me: cfg.cluster.name.clone() };
+    tracker.spawn(manage(ctx).instrument(tracing::info_span!("links")));
 }
 
 fn is_leader(broker: &Broker) -> bool {
@@ -159,9 +285,71 @@ struct Ctx {
     broker: Arc<Broker>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// This cluster's name.
+    me: String,
 }
 
-async fn supervise(link: LinkConfig, me: String, ctx: Ctx, status: Arc<LinkStatus>) {
+struct Running {
+    status: Arc<LinkStatus>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Keep one actor per enabled link in force; restart an actor whose configuration changed;
+/// end the remote session of a deleted or disabled link.
+async fn manage(ctx: Ctx) {
+    let broker = ctx.broker.clone();
+    let mut changed = broker.links.changed.subscribe();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    loop {
+        changed.borrow_and_update();
+        let eff = broker.links.effective();
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            let new = eff.iter().find(|l| l.name == name);
+            if running.get(&name).is_some_and(|r| Some(&r.status.config) == new) {
+                continue;
+            }
+            let Some(r) = running.remove(&name) else { continue };
+            r.stop.cancel();
+            if let Some(t) = r.task {
+                let _ = t.await;
+            }
+            let old = &r.status.config;
+            let gone = new.is_none_or(|n| !n.enable || n.clientid != old.clientid || n.server != old.server);
+            if old.enable && gone && is_leader(&broker) {
+                tracing::info!(link = %name, "link: deleted, disabled or moved; ending its session at the remote");
+                ctx.tracker.spawn(farewell(old.clone(), ctx.clone()).instrument(tracing::info_span!("link", name = %name)));
+            }
+        }
+        for l in eff.iter() {
+            if running.contains_key(&l.name) {
+                continue;
+            }
+            let status = Arc::new(LinkStatus::new(l));
+            let stop = ctx.cancel.child_token();
+            let task = l.enable.then(|| {
+                let span = tracing::info_span!("link", name = %l.name);
+                let c = Ctx { cancel: stop.clone(), ..ctx.clone() };
+                ctx.tracker.spawn(supervise(l.clone(), c, status.clone()).instrument(span))
+            });
+            running.insert(l.name.clone(), Running { status, stop, task });
+        }
+        broker.links.set_statuses(running.iter().map(|(k, r)| (k.clone(), r.status.clone())).collect());
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            r = changed.changed() => if r.is_err() { break },
+        }
+    }
+    for (_, r) in running {
+        r.stop.cancel();
+        if let Some(t) = r.task {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus>) {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
     let mut next_server = 0usize;
     let mut last_logged: Option<String> = None;
@@ -180,7 +368,7 @@ async fn supervise(link: LinkConfig, me: String, ctx: Ctx, status: Arc<LinkStatu
         if let Some(server) = link.server.get(next_server % link.server.len().max(1)) {
             let addr = format!("{}:{}", server.host, server.port);
             status.set("connecting", Some(addr.clone()), None);
-            match run(&link, &me, &ctx, &status, &server.host, server.port).await {
+            match run(&link, &ctx, &status, &server.host, server.port).await {
                 Ok(()) => {
                     status.set("standby", None, None);
                     last_logged = None;
@@ -238,39 +426,96 @@ fn desired_routes(broker: &Broker, topics: &[String]) -> BTreeSet<String> {
     out
 }
 
+/// MQTT options of the link client for `host:port`.
+fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean: bool) -> Result<MqttOptions, String> {
+    let mut opts = MqttOptions::new(link.clientid.clone(), host, port);
+    opts.set_clean_start(clean);
+    opts.set_session_expiry_interval(Some(if clean { 0 } else { LINK_SESSION_EXPIRY }));
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_manual_acks(true);
+    opts.set_receive_maximum(Some(link.max_inflight.max(1)));
+    opts.set_user_properties(vec![
+        (LINK_PROPERTY.to_string(), ctx.me.clone()),
+        (LINK_VERSION_PROPERTY.to_string(), LINK_VERSION.to_string()),
+    ]);
+    opts.set_max_packet_size(Some(ctx.broker.mqtt.max_packet_size));
+    if let Some(u) = &link.username {
+        opts.set_credentials(u.clone(), link.password.clone().unwrap_or_default());
+    }
+    if link.ssl.enable {
+        let tls = tls_client_config(link).map_err(|e| format!("TLS configuration: {e}"))?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls))));
+    }
+    Ok(opts)
+}
+
+/// End this cluster's session at the remote (a deleted or disabled link): a clean connection
+/// whose session expires with it, so the remote drops the link's routes and queued messages.
+async fn farewell(link: LinkConfig, ctx: Ctx) {
+    for server in &link.server {
+        let Ok(opts) = options(&link, &ctx, &server.host, server.port, true) else { return };
+        let (client, mut el) = AsyncClient::new(opts, 16);
+        let done = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(RPacket::ConnAck(_))) => {
+                        let _ = client.try_disconnect();
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        if done == Ok(true) {
+            tracing::info!(server = %server, "link: session at the remote ended");
+            return;
+        }
+    }
+    tracing::warn!("link: could not end the session at the remote (its routes expire with it)");
+}
+
+/// A message from the remote on its way here, in arrival order.
+struct Inbound {
+    p: RPublish,
+    /// Its commit (the dedup record, and what needs Raft), if any.
+    wait: Option<oneshot::Receiver<Result<Vec<Response>, String>>>,
+    /// Deliveries to make once committed.
+    deferred: Vec<Deferred>,
+    /// Known duplicate (no cluster) or not wanted: acknowledge only.
+    skip: bool,
+}
+
+/// Wait for the commit of the front message; whether it was a duplicate.
+async fn front_done(pending: &mut VecDeque<Inbound>) -> Result<bool, String> {
+    let Some(f) = pending.front_mut() else { return std::future::pending().await };
+    match f.wait.as_mut() {
+        None => Ok(f.skip),
+        Some(rx) => match rx.await {
+            Ok(Ok(rs)) => Ok(rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("node shutting down".into()),
+        },
+    }
+}
+
 /// One link connection, until it fails (Err, with whether it had connected), or this node
-/// stops leading or shuts down (Ok).
+/// stops leading or the link stops (Ok).
 async fn run(
     link: &LinkConfig,
-    me: &str,
     ctx: &Ctx,
     status: &Arc<LinkStatus>,
     host: &str,
     port: u16,
 ) -> Result<(), (String, bool)> {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
-    let mut opts = MqttOptions::new(link.clientid.clone(), host, port);
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(LINK_SESSION_EXPIRY));
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_manual_acks(true);
-    opts.set_receive_maximum(Some(link.max_inflight.max(1)));
-    opts.set_user_properties(vec![
-        (LINK_PROPERTY.to_string(), me.to_string()),
-        (LINK_VERSION_PROPERTY.to_string(), LINK_VERSION.to_string()),
-    ]);
-    opts.set_max_packet_size(Some(broker.mqtt.max_packet_size));
-    if let Some(u) = &link.username {
-        opts.set_credentials(u.clone(), link.password.clone().unwrap_or_default());
-    }
-    if link.ssl.enable {
-        let tls = tls_client_config(link).map_err(|e| (format!("TLS configuration: {e}"), false))?;
-        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls))));
-    }
-    let (client, mut el) = AsyncClient::new(opts, 1024);
+    let opts = options(link, ctx, host, port, false).map_err(|e| (e, false))?;
+    let (client, mut el) = AsyncClient::new(opts, 1024.max(2 * usize::from(link.max_inflight)));
     let addr = format!("{host}:{port}");
     let mut connected = false;
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
+    let mut pending: VecDeque<Inbound> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         if connected {
@@ -308,6 +553,7 @@ async fn run(
                 subscribed = want;
             }
         }
+        status.set_inflight(pending.len());
         let routes_changed = broker.routes_changed.notified();
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -318,20 +564,50 @@ async fn run(
                     break Ok(());
                 }
             }
+            done = front_done(&mut pending), if !pending.is_empty() => {
+                let Some(f) = pending.pop_front() else { continue };
+                match done {
+                    Ok(true) => {
+                        if !f.skip {
+                            status.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(false) => {
+                        status.published.fetch_add(1, Ordering::Relaxed);
+                        if let Some(c) = broker.run_deferred(f.deferred) {
+                            c.wait(broker, Duration::from_millis(500)).await;
+                        }
+                    }
+                    // Not acknowledged: the remote redelivers it (and what follows) on the
+                    // next link connection, where the dedup record sorts out what was applied.
+                    Err(e) => break Err(format!("commit here failed: {e}")),
+                }
+                if let Err(e) = client.try_ack(&f.p) {
+                    break Err(format!("ack: {e}"));
+                }
+            }
             ev = el.poll() => match ev {
                 Ok(Event::Incoming(RPacket::ConnAck(a))) => {
                     connected = true;
                     status.connects.fetch_add(1, Ordering::Relaxed);
-                    // Subscribe the whole set again (idempotent): a SUBSCRIBE sent on a
-                    // connection that died before the remote committed it would be missing.
-                    subscribed.clear();
-                    tracing::info!(server = %addr, session_present = a.session_present, "link: connected");
+                    // The remote lists the routes it holds for us: the bootstrap is the
+                    // difference to what we want.
+                    subscribed = a
+                        .properties
+                        .iter()
+                        .flat_map(|p| p.user_properties.iter())
+                        .filter(|(k, _)| k == LINK_ROUTE_PROPERTY)
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    if !a.session_present {
+                        // A new session there: its sequence numbers start over.
+                        reset_seen(link, broker);
+                    }
+                    tracing::info!(server = %addr, session_present = a.session_present, routes = subscribed.len(), "link: connected");
                     status.set("connected", Some(addr.clone()), None);
                 }
                 Ok(Event::Incoming(RPacket::Publish(p))) => {
-                    if let Some(wait) = on_publish(link, ctx, status, &client, p) {
-                        wait.await;
-                    }
+                    pending.push_back(on_publish(link, ctx, status, p));
                 }
                 Ok(Event::Incoming(RPacket::Disconnect(d))) => {
                     break Err(format!("disconnected by the remote: {:?}", d.reason_code));
@@ -342,39 +618,84 @@ async fn run(
         }
     };
     let _ = client.try_disconnect();
+    // Messages whose commit went through are delivered here even though their acknowledgement
+    // can no longer be sent (the redelivery will be a duplicate).
+    if !cancel.is_cancelled() {
+        for f in pending {
+            let ok = match f.wait {
+                None => !f.skip,
+                Some(rx) => matches!(rx.await, Ok(Ok(rs)) if !rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate))),
+            };
+            if ok {
+                broker.run_deferred(f.deferred);
+            }
+        }
+    }
+    status.set_inflight(0);
     result.map_err(|e| (e, connected))
 }
 
-/// Publish one message from the remote here; acknowledge it once it is safe.
-fn on_publish(
-    link: &LinkConfig,
-    ctx: &Ctx,
-    status: &Arc<LinkStatus>,
-    client: &AsyncClient,
-    p: RPublish,
-) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+fn reset_seen(link: &LinkConfig, broker: &Broker) {
+    match broker.cluster() {
+        Some(c) => {
+            // Queued ahead of every message of this connection.
+            c.commit_detached(vec![Command::LinkReset { link: link.name.clone() }]);
+        }
+        None => broker.links.seen_reset(&link.name),
+    }
+}
+
+/// Take in one message from the remote: publish it here (its deliveries held back until its
+/// commit) and queue it for acknowledgement in arrival order.
+fn on_publish(link: &LinkConfig, ctx: &Ctx, status: &Arc<LinkStatus>, p: RPublish) -> Inbound {
     let broker = &ctx.broker;
     status.received.fetch_add(1, Ordering::Relaxed);
+    let skip = |p: RPublish| Inbound { p, wait: None, deferred: Vec::new(), skip: true };
     let topic_name = String::from_utf8_lossy(&p.topic).to_string();
     let wanted = topic::valid_topic_name(&topic_name) && link.topics.iter().any(|t| topic::matches(t, &topic_name));
     if !wanted {
-        let _ = client.try_ack(&p);
-        return None;
+        status.dropped.fetch_add(1, Ordering::Relaxed);
+        return skip(p);
     }
-    let qos = match p.qos {
+    let mut qos = match p.qos {
         RQoS::AtMostOnce => QoS::AtMostOnce,
         RQoS::AtLeastOnce => QoS::AtLeastOnce,
         RQoS::ExactlyOnce => QoS::ExactlyOnce,
     };
     let mut properties = Properties::default();
     let mut expires_at_ms = None;
+    let mut seq = None;
     if let Some(pp) = &p.properties {
         properties.payload_format_indicator = pp.payload_format_indicator;
         properties.content_type = pp.content_type.clone();
         properties.response_topic = pp.response_topic.clone();
         properties.correlation_data = pp.correlation_data.clone();
-        properties.user_properties = pp.user_properties.clone();
+        for (k, v) in &pp.user_properties {
+            match k.as_str() {
+                LINK_SEQ_PROPERTY => seq = v.parse::<u64>().ok(),
+                LINK_QOS_PROPERTY => {
+                    if let Ok(q) = v.parse::<u8>() {
+                        qos = QoS::from_u8(q).unwrap_or(qos);
+                    }
+                }
+                _ => properties.user_properties.push((k.clone(), v.clone())),
+            }
+        }
         expires_at_ms = pp.message_expiry_interval.map(|s| now_ms() + u64::from(s) * 1000);
+    }
+    if qos == QoS::ExactlyOnce && seq.is_none() {
+        // Without the remote's sequence number a redelivery cannot be told apart: at least
+        // once, so not delivered as QoS 2.
+        qos = QoS::AtLeastOnce;
+    }
+    let cluster = broker.cluster();
+    if cluster.is_none() {
+        if let Some(s) = seq {
+            if !broker.links.seen_insert(&link.name, s) {
+                status.duplicates.fetch_add(1, Ordering::Relaxed);
+                return skip(p);
+            }
+        }
     }
     let msg = Message {
         topic: topic_name.as_str().into(),
@@ -385,36 +706,17 @@ fn on_publish(
         publisher: format!("{LINK_PUBLISHER}{}", link.name).into(),
         expires_at_ms,
     };
-    let published = broker.publish(Arc::new(msg));
-    status.published.fetch_add(1, Ordering::Relaxed);
-    match broker.cluster().filter(|_| !published.commands.is_empty()) {
-        None => {
-            let _ = client.try_ack(&p);
+    let (published, deferred) = broker.publish_deferred(Arc::new(msg));
+    let wait = match (cluster, seq) {
+        (None, _) => None,
+        // Proposed now, in arrival order (the remote's publisher order).
+        (Some(c), Some(seq)) => {
+            Some(c.commit(vec![Command::FromLink { link: link.name.clone(), seq, cmds: published.commands }]))
         }
-        Some(c) => {
-            let client = client.clone();
-            // Proposed now, in arrival order (the remote's publisher order); only the wait for
-            // the outcome runs in the background. (Proposing from the spawned task let two
-            // messages race for the Raft queue: jepsen's link-kill-holder run caught
-            // persistent subscribers receiving them out of order.)
-            let done = c.commit(published.commands);
-            ctx.tracker.spawn(async move {
-                match done.await {
-                    Ok(Ok(_)) => {
-                        let _ = client.ack(&p).await;
-                    }
-                    // Not acknowledged: the remote redelivers it on the next link connection.
-                    Ok(Err(e)) => tracing::warn!("link: a message could not be committed here: {e}"),
-                    Err(_) => tracing::warn!("link: node shutting down before a commit finished"),
-                }
-            });
-        }
-    }
-    let broker = broker.clone();
-    published.congested.map(|c| {
-        Box::pin(async move { c.wait(&broker, Duration::from_millis(500)).await })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-    })
+        (Some(c), None) if !published.commands.is_empty() => Some(c.commit(published.commands)),
+        (Some(_), None) => None,
+    };
+    Inbound { p, wait, deferred, skip: false }
 }
 
 /// The rustls client configuration of a TLS link (`links[].ssl`): trust anchors from

@@ -191,7 +191,7 @@ pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkSta
     if links.is_empty() {
         return;
     }
-    let series: [LinkSeries; 5] = [
+    let series: [LinkSeries; 7] = [
         ("strait_link_connected", "1 when this node holds the link's connection", "gauge", |l| {
             u64::from(l.status() == "connected")
         }),
@@ -204,6 +204,12 @@ pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkSta
         ("strait_link_messages_published_total", "Messages from the link published here", "counter", |l| {
             l.published.load(Ordering::Relaxed)
         }),
+        ("strait_link_messages_duplicate_total", "Redelivered link messages recognised as duplicates", "counter", |l| {
+            l.duplicates.load(Ordering::Relaxed)
+        }),
+        ("strait_link_messages_dropped_total", "Link messages outside the link's topics, dropped", "counter", |l| {
+            l.dropped.load(Ordering::Relaxed)
+        }),
         ("strait_link_connects_total", "Link connections established", "counter", |l| {
             l.connects.load(Ordering::Relaxed)
         }),
@@ -211,7 +217,7 @@ pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkSta
     for (name, help, kind, f) in series {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for l in links {
-            let _ = writeln!(s, "{name}{{link=\"{}\"}} {}", l.name, f(l));
+            let _ = writeln!(s, "{name}{{link=\"{}\"}} {}", l.name(), f(l));
         }
     }
 }

@@ -114,6 +114,24 @@ impl Storage {
         Ok(out)
     }
 
+    /// A link change made over the API (`None`: the link was deleted), kept across restarts.
+    pub fn put_link(&self, name: &str, spec: Option<&str>) -> Result<(), StorageError> {
+        let links = self.db.open_tree("links")?;
+        links.insert(name.as_bytes(), encode(&spec.map(str::to_string))?)?;
+        links.flush()?;
+        Ok(())
+    }
+
+    pub fn load_links(&self) -> Result<std::collections::BTreeMap<String, Option<String>>, StorageError> {
+        let links = self.db.open_tree("links")?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in links.iter() {
+            let (k, v) = kv?;
+            out.insert(String::from_utf8_lossy(&k).to_string(), decode(&v)?);
+        }
+        Ok(out)
+    }
+
     /// Flush everything to disk (fsync).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;

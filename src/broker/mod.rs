@@ -47,12 +47,10 @@ pub struct Broker {
     conn_ids: AtomicU64,
     pub shutdown: CancellationToken,
     cluster: OnceLock<Weak<Cluster>>,
-    /// Names of the configured (enabled) links: the clusters whose link clients may connect.
-    pub link_names: Vec<String>,
     /// Woken whenever the router changes (link route sync).
     pub routes_changed: tokio::sync::Notify,
-    /// Status of this node's outbound links (set by the link supervisors).
-    pub links: OnceLock<Vec<Arc<crate::link::LinkStatus>>>,
+    /// The links in force (config file and API changes) and their status.
+    pub links: crate::link::Registry,
 }
 
 /// Something a publisher must wait for before it reads on (flow control instead of drops).
@@ -100,6 +98,14 @@ pub struct Published {
     pub commands: Vec<Command>,
 }
 
+/// A delivery `publish_deferred` held back.
+pub enum Deferred {
+    /// To a session served here.
+    Offer(Arc<Session>, Delivery),
+    /// To a session served by node `.0`, over the data plane.
+    Forward(u64, Arc<str>, Delivery),
+}
+
 /// Result of attaching a new connection to a session.
 pub struct Attached {
     pub session: Arc<Session>,
@@ -144,9 +150,8 @@ impl Broker {
             conn_ids: AtomicU64::new(1),
             shutdown,
             cluster: OnceLock::new(),
-            link_names: cfg.cluster.links.iter().filter(|l| l.enable).map(|l| l.name.clone()).collect(),
             routes_changed: tokio::sync::Notify::new(),
-            links: OnceLock::new(),
+            links: crate::link::Registry::new(cfg),
         });
         broker.load()?;
         Ok(broker)
@@ -154,6 +159,7 @@ impl Broker {
 
     fn load(&self) -> Result<(), StorageError> {
         let Some(storage) = &self.storage else { return Ok(()) };
+        self.links.set_overrides(storage.load_links()?);
         let now = now_ms();
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
         for msg in storage.load_retained()? {
@@ -388,6 +394,45 @@ impl Broker {
     /// Returns the fullest connected session whose queue is past half its bound, if any: the
     /// publisher's connection then waits for it to drain (flow control instead of drops).
     pub fn publish(&self, msg: Arc<Message>) -> Published {
+        self.publish_inner(msg, None)
+    }
+
+    /// Like `publish`, but the deliveries to connected sessions (here or forwarded to their
+    /// node) are returned instead of made: a message over a link is delivered only once its
+    /// deduplication record is committed (`run_deferred`).
+    pub fn publish_deferred(&self, msg: Arc<Message>) -> (Published, Vec<Deferred>) {
+        let mut deferred = Vec::new();
+        let published = self.publish_inner(msg, Some(&mut deferred));
+        (published, deferred)
+    }
+
+    /// Make the deliveries `publish_deferred` held back; what the caller must wait for.
+    pub fn run_deferred(&self, deferred: Vec<Deferred>) -> Option<Congestion> {
+        let half = self.mqtt.max_mqueue_len / 2;
+        let cluster = self.cluster();
+        let mut congested: Option<(usize, Arc<Session>)> = None;
+        let mut peer_congested = None;
+        for d in deferred {
+            match d {
+                Deferred::Offer(session, d) => {
+                    let depth = self.offer(&session, d);
+                    if depth > half && session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
+                        congested = Some((depth, session));
+                    }
+                }
+                Deferred::Forward(owner, client_id, d) => {
+                    if let Some(c) = &cluster {
+                        if let Some(p) = c.forward(owner, &client_id, &d) {
+                            peer_congested = Some(p);
+                        }
+                    }
+                }
+            }
+        }
+        congested.map(|(_, s)| Congestion::Session(s)).or(peer_congested.map(Congestion::Peer))
+    }
+
+    fn publish_inner(&self, msg: Arc<Message>, mut defer: Option<&mut Vec<Deferred>>) -> Published {
         let cluster = self.cluster();
         let mut commands = Vec::new();
         if msg.retain {
@@ -444,12 +489,19 @@ impl Broker {
                     }
                     let owner = m.session.owner.load(Ordering::Acquire);
                     if owner != c.id {
-                        if let Some(p) = c.forward(owner, &m.session.client_id, &d) {
+                        if let Some(v) = defer.as_deref_mut() {
+                            v.push(Deferred::Forward(owner, m.session.client_id.clone(), d));
+                        } else if let Some(p) = c.forward(owner, &m.session.client_id, &d) {
                             peer_congested = Some(p);
                         }
                         i = j;
                         continue;
                     }
+                }
+                if let Some(v) = defer.as_deref_mut() {
+                    v.push(Deferred::Offer(m.session.clone(), d));
+                    i = j;
+                    continue;
                 }
                 let depth = self.offer(&m.session, d);
                 if depth > half && m.session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
@@ -699,6 +751,31 @@ impl Broker {
 // ---------------------------------------------------------------------------------------------
 
 impl Broker {
+    /// Without a cluster: apply (and store) one API change of a link; with `drop_sessions`
+    /// end the session of that cluster's link client here (and so its routes).
+    pub fn set_link_local(&self, name: &str, spec: Option<String>, drop_sessions: bool) -> Result<(), StorageError> {
+        if let Some(storage) = &self.storage {
+            storage.put_link(name, spec.as_deref())?;
+        }
+        self.links.set_override(name, spec);
+        if drop_sessions {
+            for s in self.sessions() {
+                if s.link_remote().as_deref() != Some(name) {
+                    continue;
+                }
+                let removed = self.lock_sessions().remove(&s.client_id);
+                if let Some(s) = removed {
+                    if let Some(conn) = s.lock().conn.take() {
+                        let _ = conn.kick.try_send(Kick::Admin);
+                    }
+                    self.discard(&s);
+                    tracing::info!(client_id = %s.client_id, link = name, "link session ended: the link was deleted or disabled");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_cluster(&self, c: &Arc<Cluster>) {
         let _ = self.cluster.set(Arc::downgrade(c));
     }
@@ -712,8 +789,12 @@ impl Broker {
         let Some(me) = self.cluster().map(|c| c.id) else { return };
         for c in changes {
             match c {
-                Change::Reset(snap) => self.cluster_reset(*snap, me),
+                Change::Reset(snap) => {
+                    self.links.set_overrides(snap.links.clone());
+                    self.cluster_reset(*snap, me)
+                }
                 Change::Nodes(_) => {}
+                Change::Links(overrides) => self.links.set_overrides(overrides),
                 Change::Session { client_id, entry, fresh, queue } => {
                     self.apply_session(&client_id, entry, fresh, queue, me);
                 }
@@ -808,7 +889,7 @@ impl Broker {
         };
         let prev_owner = s.owner.swap(meta.owner, Ordering::AcqRel);
         s.epoch.store(meta.epoch, Ordering::Release);
-        s.link.store(meta.link, Ordering::Release);
+        s.set_link(meta.link.as_deref());
         let mut st = s.lock();
         st.protocol = meta.protocol;
         if meta.owner != me {

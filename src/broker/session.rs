@@ -98,6 +98,8 @@ pub struct Session {
     /// The session of another cluster's link client: messages that came in over a link are
     /// not sent back out over one (no loops, no transit).
     pub link: AtomicBool,
+    /// With `link`: the name of that cluster.
+    pub link_from: Mutex<Option<Arc<str>>>,
 }
 
 impl Session {
@@ -128,7 +130,19 @@ impl Session {
             owner: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             link: AtomicBool::new(false),
+            link_from: Mutex::new(None),
         })
+    }
+
+    /// Mark (or unmark) this as the session of cluster `remote`'s link client.
+    pub fn set_link(&self, remote: Option<&str>) {
+        self.link.store(remote.is_some(), Ordering::Release);
+        *self.link_from.lock().unwrap_or_else(|e| e.into_inner()) = remote.map(Arc::from);
+    }
+
+    /// The cluster whose link client this session belongs to.
+    pub fn link_remote(&self) -> Option<Arc<str>> {
+        self.link_from.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {

@@ -18,7 +18,10 @@ use crate::broker::session::Subscription;
 use crate::mqtt::packet::{Protocol, QoS, Will};
 
 /// Format of `Command`s and snapshots (behind strait-raft's own version byte).
-pub const STATE_FORMAT: u8 = 1;
+pub const STATE_FORMAT: u8 = 2;
+
+/// Seqs of a link's messages remembered for deduplication beyond the floor.
+const DEDUPE_WINDOW: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -42,8 +45,8 @@ pub struct SessionEntry {
     pub disconnected_at_ms: Option<u64>,
     /// The live connection's will (published by the leader when the owner node dies).
     pub will: Option<Will>,
-    /// The session of another cluster's link client.
-    pub link: bool,
+    /// The session of another cluster's link client: that cluster's name.
+    pub link: Option<String>,
     pub subscriptions: BTreeMap<String, Subscription>,
     /// Durable QoS>=1 deliveries not yet acknowledged by the client, by sequence number.
     pub queue: BTreeMap<u64, Delivery>,
@@ -80,7 +83,7 @@ pub enum Command {
         clean_start: bool,
         expiry_interval: u32,
         will: Option<Will>,
-        link: bool,
+        link: Option<String>,
     },
     /// The connection of `epoch` ended at `at_ms` (with `expiry_interval` in force then).
     Disconnect {
@@ -131,6 +134,27 @@ pub enum Command {
         node: u64,
         at_ms: u64,
     },
+    /// A link changed over the API: `spec` is its JSON (with the password), None deletes it
+    /// (also one of the config file). With `drop_sessions`, the session of that cluster's
+    /// link client here ends (its routes with it): the link was deleted or disabled.
+    LinkSet {
+        name: String,
+        spec: Option<String>,
+        drop_sessions: bool,
+    },
+    /// A message that came in over link `link` with the remote's sequence number `seq`:
+    /// `cmds` apply only if `seq` was not seen before (a redelivery after a lost
+    /// acknowledgement is a duplicate).
+    FromLink {
+        link: String,
+        seq: u64,
+        cmds: Vec<Command>,
+    },
+    /// The remote started a new link session (it lost the old one): its sequence numbers
+    /// start over.
+    LinkReset {
+        link: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +175,8 @@ pub enum Outcome {
     Enqueued {
         fullest: Option<(String, u32)>,
     },
+    /// A message over a link already applied: nothing happened.
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +215,8 @@ pub enum Change {
         delivery: Delivery,
     },
     Nodes(BTreeMap<u64, NodeInfo>),
+    /// The API's link changes (name -> JSON spec, None = deleted), all of them.
+    Links(BTreeMap<String, Option<String>>),
 }
 
 /// A session entry without its queue and subscriptions (they travel separately).
@@ -199,7 +227,7 @@ pub struct SessionMeta {
     pub connected: bool,
     pub protocol: Protocol,
     pub expiry_interval: u32,
-    pub link: bool,
+    pub link: Option<String>,
 }
 
 impl From<&SessionEntry> for SessionMeta {
@@ -210,7 +238,7 @@ impl From<&SessionEntry> for SessionMeta {
             connected: e.connected,
             protocol: e.protocol,
             expiry_interval: e.expiry_interval,
-            link: e.link,
+            link: e.link.clone(),
         }
     }
 }
@@ -223,6 +251,37 @@ pub struct Snapshot {
     pub nodes: BTreeMap<u64, NodeInfo>,
     pub sessions: BTreeMap<String, SessionEntry>,
     pub retained: BTreeMap<String, Message>,
+    /// Links changed over the API: they override the config file's (None: deleted).
+    pub links: BTreeMap<String, Option<String>>,
+    /// Per link: the remote sequence numbers already applied.
+    pub link_seen: BTreeMap<String, Seen>,
+}
+
+/// Sequence numbers seen on one link: all up to `floor`, and those in `recent`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Seen {
+    pub floor: u64,
+    pub recent: std::collections::BTreeSet<u64>,
+}
+
+impl Seen {
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.floor || self.recent.contains(&seq)
+    }
+
+    /// Record `seq`; false if it was seen already.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        self.recent.insert(seq);
+        while self.recent.len() > DEDUPE_WINDOW {
+            if let Some(low) = self.recent.pop_first() {
+                self.floor = self.floor.max(low);
+            }
+        }
+        true
+    }
 }
 
 /// The state machine: the replicated snapshot plus the (not replicated) event sink.
@@ -273,7 +332,7 @@ impl ClusterState {
                             expiry_interval,
                             disconnected_at_ms: None,
                             will: None,
-                            link,
+                            link: None,
                             subscriptions: BTreeMap::new(),
                             queue: BTreeMap::new(),
                         },
@@ -408,6 +467,40 @@ impl ClusterState {
                     }
                 }
                 Outcome::Orphaned { wills }
+            }
+            Command::LinkSet { name, spec, drop_sessions } => {
+                if drop_sessions {
+                    let ids: Vec<String> = s
+                        .sessions
+                        .iter()
+                        .filter(|(_, e)| e.link.as_deref() == Some(name.as_str()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for id in ids {
+                        s.sessions.remove(&id);
+                        out.push(Change::Session { client_id: id, entry: None, fresh: false, queue: Vec::new() });
+                    }
+                    s.link_seen.remove(&name);
+                }
+                s.links.insert(name, spec);
+                out.push(Change::Links(s.links.clone()));
+                Outcome::Done
+            }
+            Command::FromLink { link, seq, cmds } => {
+                if !self.s.link_seen.entry(link).or_default().insert(seq) {
+                    return (Outcome::Duplicate, out);
+                }
+                let mut last = Outcome::Done;
+                for c in cmds {
+                    let (o, mut ch) = self.apply_one(c);
+                    out.append(&mut ch);
+                    last = o;
+                }
+                last
+            }
+            Command::LinkReset { link } => {
+                s.link_seen.remove(&link);
+                Outcome::Done
             }
         };
         (outcome, out)

@@ -254,7 +254,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else if self.link_only && link_from.is_none() {
             tracing::info!(peer = %self.peer, "conn.refused: the link listener accepts only cluster-link clients");
             fail = Some(reason::NOT_AUTHORIZED);
-        } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.link_names.contains(*r)) {
+        } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.links.accepts(r)) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
             fail = Some(reason::NOT_AUTHORIZED);
         } else if let Some(remote) =
@@ -330,7 +330,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let attached = match self.broker.cluster() {
             None => {
                 let a = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
-                a.session.link.store(link_from.is_some(), std::sync::atomic::Ordering::Release);
+                a.session.set_link(link_from.as_deref());
                 a
             }
             Some(cluster) => {
@@ -351,7 +351,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         clean_start: c.clean_start,
                         expiry_interval: expiry,
                         will: c.will.clone(),
-                        link: link_from.is_some(),
+                        link: link_from.clone(),
                     };
                     match cluster.commit_wait(vec![cmd]).await {
                         Ok(rs) => {
@@ -417,6 +417,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             props.server_keep_alive = server_keep_alive;
         }
+        if v5 && link_from.is_some() {
+            // A link client learns the routes its session holds here (its route bootstrap).
+            let st = attached.session.lock();
+            let mut routes: Vec<&String> = st.subscriptions.keys().collect();
+            routes.sort();
+            props
+                .user_properties
+                .extend(routes.into_iter().map(|f| (crate::link::LINK_ROUTE_PROPERTY.to_string(), f.clone())));
+        }
         let ack = ConnAck { session_present: attached.session_present, code: reason::SUCCESS, properties: props };
         codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
         let live = Live {
@@ -443,12 +452,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
     /// On session resume: PUBLISH (DUP) every unacknowledged message, PUBREL every released one.
     fn resend_inflight(&mut self, live: &Live) {
+        let is_link = live.session.link.load(std::sync::atomic::Ordering::Relaxed);
         let st = live.session.lock();
         for (pkid, inf) in &st.inflight {
             if inf.released {
                 codec::encode(&Packet::PubRel(PubResp::new(*pkid, 0)), live.protocol, &mut self.outbuf);
             } else {
-                encode_delivery(&inf.delivery, *pkid, true, live.protocol, now_ms(), &mut self.outbuf);
+                encode_delivery(&inf.delivery, *pkid, true, is_link, live.protocol, now_ms(), &mut self.outbuf);
             }
         }
     }
@@ -795,6 +805,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
     fn on_publish(&mut self, live: &mut Live, mut p: Publish) -> Option<Close> {
         let cfg = &self.broker.mqtt;
+        if live.session.link.load(std::sync::atomic::Ordering::Relaxed) {
+            // A link client only subscribes (routes) and receives: messages flow the other way.
+            return Some(Close::Server(reason::NOT_AUTHORIZED, "a cluster-link client may not publish"));
+        }
         if p.qos.as_u8() > cfg.max_qos_allowed {
             return Some(Close::Server(reason::QOS_NOT_SUPPORTED, "QoS not supported"));
         }
@@ -996,6 +1010,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// Move messages from the session queue to the write buffer within the inflight window.
     fn fill_outbound(&mut self, live: &Live) {
         let now = now_ms();
+        let is_link = live.session.link.load(std::sync::atomic::Ordering::Relaxed);
         let mut st = live.session.lock();
         while self.outbuf.len() < HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
@@ -1023,7 +1038,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 }
             };
             let before = self.outbuf.len();
-            encode_delivery(&d, pkid, false, live.protocol, now, &mut self.outbuf);
+            encode_delivery(&d, pkid, false, is_link, live.protocol, now, &mut self.outbuf);
             if self.outbuf.len() - before > live.max_out {
                 // Too large for this client (MQTT-3.1.2-25): discarded as if delivered.
                 self.outbuf.truncate(before);
@@ -1084,10 +1099,24 @@ fn static_reason(e: &CodecError) -> &'static str {
 
 /// Encode one delivery as PUBLISH. The common cases (3.1.1, or 5.0 without properties) are
 /// written directly without building a `Publish`.
-pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, now: u64, out: &mut BytesMut) {
+/// With `link` (the session of another cluster's link client), a durable delivery carries its
+/// sequence number and original QoS (the receiving cluster dedupes by them).
+pub fn encode_delivery(
+    d: &Delivery,
+    pkid: u16,
+    dup: bool,
+    link: bool,
+    protocol: Protocol,
+    now: u64,
+    out: &mut BytesMut,
+) {
     let msg = &d.msg;
     let remaining_expiry = msg.remaining_secs(now);
-    let plain_props = msg.properties == Properties::default() && d.sub_ids.is_empty() && remaining_expiry.is_none();
+    let stamp = d.seq.filter(|_| link && protocol.is_v5());
+    let plain_props = msg.properties == Properties::default()
+        && d.sub_ids.is_empty()
+        && remaining_expiry.is_none()
+        && stamp.is_none();
     if !protocol.is_v5() || plain_props {
         let topic = msg.topic.as_bytes();
         let mut len = 2 + topic.len() + msg.payload.len();
@@ -1121,6 +1150,10 @@ pub fn encode_delivery(d: &Delivery, pkid: u16, dup: bool, protocol: Protocol, n
     let mut properties = msg.properties.clone();
     properties.subscription_identifiers = d.sub_ids.clone();
     properties.message_expiry_interval = remaining_expiry;
+    if let Some(seq) = stamp {
+        properties.user_properties.push((crate::link::LINK_SEQ_PROPERTY.to_string(), seq.to_string()));
+        properties.user_properties.push((crate::link::LINK_QOS_PROPERTY.to_string(), msg.qos.as_u8().to_string()));
+    }
     let p = Publish {
         dup: dup && d.qos != QoS::AtMostOnce,
         qos: d.qos,
