@@ -227,8 +227,9 @@ fn link_not_found(name: &str) -> Response {
         .into_response()
 }
 
-async fn link(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    match leader_links(&s).await.into_iter().find(|l| l["name"] == name.as_str()) {
+async fn link(State(s): State<ApiState>, Path(name): Path<String>, q: axum::extract::Query<LinksQuery>) -> Response {
+    let all = if q.local == Some(true) { local_links(&s) } else { leader_links(&s).await };
+    match all.into_iter().find(|l| l["name"] == name.as_str()) {
         Some(l) => Json(l).into_response(),
         None => link_not_found(&name),
     }
@@ -289,26 +290,55 @@ async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
     }
 }
 
-type JsonBody = Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>;
+/// A JSON body (with or without a `Content-Type: application/json` header).
+struct JsonBody(Result<serde_json::Value, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        Ok(JsonBody(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
+    }
+}
 
 /// Commit one link change (through Raft, or to sled on a single node), then answer with the
 /// link as it now stands.
-async fn commit_link(s: &ApiState, name: &str, spec: Option<String>, drop_sessions: bool) -> Result<(), String> {
+/// `expect`: whether the link must exist (Some(true)) or must not (Some(false)); checked in
+/// the replicated state, so two nodes cannot both create one name. Ok(false): it did not hold.
+async fn commit_link(
+    s: &ApiState,
+    name: &str,
+    spec: Option<String>,
+    drop_sessions: bool,
+    expect: bool,
+) -> Result<bool, String> {
     match s.broker.cluster() {
         Some(c) => {
-            let cmd = crate::cluster::Command::LinkSet { name: name.to_string(), spec, drop_sessions };
-            c.commit_wait(vec![cmd]).await.map(|_| ()).map_err(|e| format!("committing the link change: {e}"))
+            let cmd = crate::cluster::Command::LinkSet {
+                name: name.to_string(),
+                spec,
+                drop_sessions,
+                expect: Some(expect),
+                in_file: s.broker.links.in_file(name),
+            };
+            let rs = c.commit_wait(vec![cmd]).await.map_err(|e| format!("committing the link change: {e}"))?;
+            Ok(!rs.iter().any(|r| matches!(r.outcome, crate::cluster::Outcome::Stale)))
         }
-        None => s
-            .broker
-            .set_link_local(name, spec, drop_sessions)
-            .map_err(|e| format!("storing the link change: {e}")),
+        None => {
+            if s.broker.links.get(name).is_some() != expect {
+                return Ok(false);
+            }
+            s.broker.set_link_local(name, spec, drop_sessions).map_err(|e| format!("storing the link change: {e}"))?;
+            Ok(true)
+        }
     }
 }
 
 /// Validate a link's JSON; the error names the key.
 fn validate_link(s: &ApiState, v: &serde_json::Value) -> Result<crate::config::LinkConfig, String> {
-    let me = s.broker.cluster().map(|c| c.cluster_name.clone()).unwrap_or_else(|| s.broker.links.cluster_name().to_string());
+    let me =
+        s.broker.cluster().map(|c| c.cluster_name.clone()).unwrap_or_else(|| s.broker.links.cluster_name().to_string());
     match crate::config::link_from_json(v, &me) {
         Ok((l, warnings)) => {
             for w in warnings {
@@ -320,30 +350,33 @@ fn validate_link(s: &ApiState, v: &serde_json::Value) -> Result<crate::config::L
     }
 }
 
+fn exists(name: &str) -> Response {
+    let msg = format!("a link named {name} exists (PUT changes it)");
+    (StatusCode::BAD_REQUEST, Json(json!({"code": "ALREADY_EXISTS", "message": msg}))).into_response()
+}
+
 fn link_json(l: &crate::config::LinkConfig) -> serde_json::Value {
     crate::config::link_to_json(l, false)
 }
 
 /// `POST /api/v5/cluster/links`: create a link (same keys as `cluster.links[]`).
 async fn create_link(State(s): State<ApiState>, body: JsonBody) -> Response {
-    let Json(v) = match body {
+    let v = match body.0 {
         Ok(b) => b,
-        Err(e) => return bad_request(format!("expected a link object: {e}")),
+        Err(e) => return bad_request(format!("expected a link object in JSON: {e}")),
     };
     let l = match validate_link(&s, &v) {
         Ok(l) => l,
         Err(e) => return bad_request(e),
     };
     if s.broker.links.get(&l.name).is_some() {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"code": "ALREADY_EXISTS", "message": format!("a link named {} exists (PUT changes it)", l.name)})),
-        )
-            .into_response();
+        return exists(&l.name);
     }
     let spec = crate::config::link_to_json(&l, true).to_string();
-    if let Err(e) = commit_link(&s, &l.name, Some(spec), false).await {
-        return unavailable(e);
+    match commit_link(&s, &l.name, Some(spec), false, false).await {
+        Err(e) => return unavailable(e),
+        Ok(false) => return exists(&l.name),
+        Ok(true) => {}
     }
     tracing::info!(link = %l.name, "api.link.created");
     (StatusCode::CREATED, Json(link_json(&l))).into_response()
@@ -352,9 +385,9 @@ async fn create_link(State(s): State<ApiState>, body: JsonBody) -> Response {
 /// `PUT /api/v5/cluster/links/link/{name}`: change a link; keys not given keep their value
 /// (a password of `******` too). A changed `topics` re-bootstraps its routes.
 async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, body: JsonBody) -> Response {
-    let Json(v) = match body {
+    let v = match body.0 {
         Ok(b) => b,
-        Err(e) => return bad_request(format!("expected a link object: {e}")),
+        Err(e) => return bad_request(format!("expected a link object in JSON: {e}")),
     };
     let Some(old) = s.broker.links.get(&name) else { return link_not_found(&name) };
     let Some(changes) = v.as_object() else { return bad_request("expected a link object".into()) };
@@ -373,8 +406,10 @@ async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, body: 
         Err(e) => return bad_request(e),
     };
     let spec = crate::config::link_to_json(&l, true).to_string();
-    if let Err(e) = commit_link(&s, &name, Some(spec), !l.enable).await {
-        return unavailable(e);
+    match commit_link(&s, &name, Some(spec), !l.enable, true).await {
+        Err(e) => return unavailable(e),
+        Ok(false) => return link_not_found(&name),
+        Ok(true) => {}
     }
     tracing::info!(link = %name, "api.link.updated");
     Json(link_json(&l)).into_response()
@@ -386,8 +421,10 @@ async fn delete_link(State(s): State<ApiState>, Path(name): Path<String>) -> Res
     if s.broker.links.get(&name).is_none() {
         return link_not_found(&name);
     }
-    if let Err(e) = commit_link(&s, &name, None, true).await {
-        return unavailable(e);
+    match commit_link(&s, &name, None, true, true).await {
+        Err(e) => return unavailable(e),
+        Ok(false) => return link_not_found(&name),
+        Ok(true) => {}
     }
     tracing::info!(link = %name, "api.link.deleted");
     StatusCode::NO_CONTENT.into_response()

@@ -135,6 +135,11 @@ impl Registry {
         all
     }
 
+    /// Whether this node's config file has a link named `name`.
+    pub fn in_file(&self, name: &str) -> bool {
+        self.file.iter().any(|l| l.name == name)
+    }
+
     /// This cluster's name.
     pub fn cluster_name(&self) -> &str {
         &self.me
@@ -159,7 +164,13 @@ impl Registry {
         let st = self.lock();
         st.effective
             .iter()
-            .map(|l| st.statuses.get(&l.name).filter(|s| s.config == *l).cloned().unwrap_or_else(|| Arc::new(LinkStatus::new(l))))
+            .map(|l| {
+                st.statuses
+                    .get(&l.name)
+                    .filter(|s| s.config == *l)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(LinkStatus::new(l)))
+            })
             .collect()
     }
 
@@ -319,7 +330,8 @@ async fn manage(ctx: Ctx) {
             let gone = new.is_none_or(|n| !n.enable || n.clientid != old.clientid || n.server != old.server);
             if old.enable && gone && is_leader(&broker) {
                 tracing::info!(link = %name, "link: deleted, disabled or moved; ending its session at the remote");
-                ctx.tracker.spawn(farewell(old.clone(), ctx.clone()).instrument(tracing::info_span!("link", name = %name)));
+                ctx.tracker
+                    .spawn(farewell(old.clone(), ctx.clone()).instrument(tracing::info_span!("link", name = %name)));
             }
         }
         for l in eff.iter() {
@@ -512,6 +524,19 @@ async fn run(
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
     let opts = options(link, ctx, host, port, false).map_err(|e| (e, false))?;
     let (client, mut el) = AsyncClient::new(opts, 1024.max(2 * usize::from(link.max_inflight)));
+    // rumqttc's `poll` is not cancel-safe while it connects (a poll dropped mid-handshake
+    // connects again, and the remote sees the link session taken over): it runs in a task of
+    // its own and its events come over a channel.
+    let (ev_tx, mut events) = tokio::sync::mpsc::channel::<Result<Event, String>>(64);
+    let mut poller = ctx.tracker.spawn(async move {
+        loop {
+            let ev = el.poll().await.map_err(|e| e.to_string());
+            let end = ev.is_err();
+            if ev_tx.send(ev).await.is_err() || end {
+                break;
+            }
+        }
+    });
     let addr = format!("{host}:{port}");
     let mut connected = false;
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
@@ -586,7 +611,7 @@ async fn run(
                     break Err(format!("ack: {e}"));
                 }
             }
-            ev = el.poll() => match ev {
+            ev = events.recv() => match ev.unwrap_or_else(|| Err("event loop ended".into())) {
                 Ok(Event::Incoming(RPacket::ConnAck(a))) => {
                     connected = true;
                     status.connects.fetch_add(1, Ordering::Relaxed);
@@ -613,18 +638,25 @@ async fn run(
                     break Err(format!("disconnected by the remote: {:?}", d.reason_code));
                 }
                 Ok(_) => {}
-                Err(e) => break Err(format!("{e}")),
+                Err(e) => break Err(e),
             },
         }
     };
     let _ = client.try_disconnect();
+    // The poller sends the DISCONNECT, then finds the channel closed and ends.
+    drop(events);
+    if tokio::time::timeout(Duration::from_millis(500), &mut poller).await.is_err() {
+        poller.abort();
+    }
     // Messages whose commit went through are delivered here even though their acknowledgement
     // can no longer be sent (the redelivery will be a duplicate).
     if !cancel.is_cancelled() {
         for f in pending {
             let ok = match f.wait {
                 None => !f.skip,
-                Some(rx) => matches!(rx.await, Ok(Ok(rs)) if !rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate))),
+                Some(rx) => {
+                    matches!(rx.await, Ok(Ok(rs)) if !rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate)))
+                }
             };
             if ok {
                 broker.run_deferred(f.deferred);

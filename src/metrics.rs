@@ -204,9 +204,12 @@ pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkSta
         ("strait_link_messages_published_total", "Messages from the link published here", "counter", |l| {
             l.published.load(Ordering::Relaxed)
         }),
-        ("strait_link_messages_duplicate_total", "Redelivered link messages recognised as duplicates", "counter", |l| {
-            l.duplicates.load(Ordering::Relaxed)
-        }),
+        (
+            "strait_link_messages_duplicate_total",
+            "Redelivered link messages recognised as duplicates",
+            "counter",
+            |l| l.duplicates.load(Ordering::Relaxed),
+        ),
         ("strait_link_messages_dropped_total", "Link messages outside the link's topics, dropped", "counter", |l| {
             l.dropped.load(Ordering::Relaxed)
         }),

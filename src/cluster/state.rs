@@ -137,10 +137,14 @@ pub enum Command {
     /// A link changed over the API: `spec` is its JSON (with the password), None deletes it
     /// (also one of the config file). With `drop_sessions`, the session of that cluster's
     /// link client here ends (its routes with it): the link was deleted or disabled.
+    /// `expect`: Some(true) applies only if the link exists (PUT, DELETE), Some(false) only
+    /// if it does not (POST); `in_file`: the proposing node's config file has it.
     LinkSet {
         name: String,
         spec: Option<String>,
         drop_sessions: bool,
+        expect: Option<bool>,
+        in_file: bool,
     },
     /// A message that came in over link `link` with the remote's sequence number `seq`:
     /// `cmds` apply only if `seq` was not seen before (a redelivery after a lost
@@ -257,7 +261,7 @@ pub struct Snapshot {
     pub link_seen: BTreeMap<String, Seen>,
 }
 
-/// Sequence numbers seen on one link: all up to `floor`, and those in `recent`.
+/// Sequence numbers seen on one link: all below `floor`, and those in `recent`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Seen {
     pub floor: u64,
@@ -266,7 +270,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn contains(&self, seq: u64) -> bool {
-        seq <= self.floor || self.recent.contains(&seq)
+        seq < self.floor || self.recent.contains(&seq)
     }
 
     /// Record `seq`; false if it was seen already.
@@ -277,7 +281,7 @@ impl Seen {
         self.recent.insert(seq);
         while self.recent.len() > DEDUPE_WINDOW {
             if let Some(low) = self.recent.pop_first() {
-                self.floor = self.floor.max(low);
+                self.floor = self.floor.max(low + 1);
             }
         }
         true
@@ -468,7 +472,14 @@ impl ClusterState {
                 }
                 Outcome::Orphaned { wills }
             }
-            Command::LinkSet { name, spec, drop_sessions } => {
+            Command::LinkSet { name, spec, drop_sessions, expect, in_file } => {
+                let exists = match s.links.get(&name) {
+                    Some(o) => o.is_some(),
+                    None => in_file,
+                };
+                if expect.is_some_and(|e| e != exists) {
+                    return (Outcome::Stale, out);
+                }
                 if drop_sessions {
                     let ids: Vec<String> = s
                         .sessions
@@ -546,5 +557,104 @@ impl strait_raft::StateMachine for ClusterState {
         self.s = s;
         self.emit(self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::packet::{Properties, Protocol};
+
+    fn msg(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Properties::default(),
+            publisher: "$link:eu".into(),
+            expires_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn seen_remembers_a_window_and_everything_below_it() {
+        let mut s = Seen::default();
+        assert!(!s.contains(0), "nothing is seen at first, not even 0");
+        assert!(s.insert(0));
+        assert!(!s.insert(0));
+        assert!(s.insert(5) && s.insert(3), "out of order within the window");
+        assert!(s.contains(3) && !s.contains(4));
+        for q in 10..(10 + DEDUPE_WINDOW as u64 + 5) {
+            assert!(s.insert(q));
+        }
+        assert_eq!(s.recent.len(), DEDUPE_WINDOW);
+        assert!(s.contains(4), "below the floor counts as seen");
+        assert!(!s.insert(12));
+    }
+
+    #[test]
+    fn from_link_applies_once_per_sequence_number_and_reset_starts_over() {
+        let mut st = ClusterState::default();
+        let connect = Command::Connect {
+            client_id: "sub".into(),
+            node: 1,
+            protocol: Protocol::V5,
+            clean_start: true,
+            expiry_interval: 60,
+            will: None,
+            link: None,
+        };
+        st.apply_one(connect);
+        let enqueue = || Command::Enqueue {
+            msg: msg("linked/1"),
+            targets: vec![Target { client_id: "sub".into(), qos: QoS::ExactlyOnce, retain: false, sub_ids: vec![] }],
+            limit: 100,
+        };
+        let from = |seq| Command::FromLink { link: "eu".into(), seq, cmds: vec![enqueue()] };
+        assert!(matches!(st.apply_one(from(7)).0, Outcome::Enqueued { .. }));
+        assert!(matches!(st.apply_one(from(7)).0, Outcome::Duplicate), "a redelivery is not applied again");
+        assert_eq!(st.s.sessions["sub"].queue.len(), 1);
+        st.apply_one(Command::LinkReset { link: "eu".into() });
+        assert!(matches!(st.apply_one(from(7)).0, Outcome::Enqueued { .. }), "a new remote session starts over");
+        assert_eq!(st.s.sessions["sub"].queue.len(), 2);
+    }
+
+    #[test]
+    fn deleting_a_link_ends_the_session_of_its_link_client() {
+        let mut st = ClusterState::default();
+        for (id, link) in [("clink-eu", Some("eu".to_string())), ("plain", None)] {
+            st.apply_one(Command::Connect {
+                client_id: id.into(),
+                node: 1,
+                protocol: Protocol::V5,
+                clean_start: false,
+                expiry_interval: 600,
+                will: None,
+                link,
+            });
+        }
+        let (_, changes) = st.apply_one(Command::LinkSet {
+            name: "eu".into(),
+            spec: None,
+            drop_sessions: true,
+            expect: Some(true),
+            in_file: true,
+        });
+        assert!(!st.s.sessions.contains_key("clink-eu") && st.s.sessions.contains_key("plain"));
+        assert_eq!(st.s.links.get("eu"), Some(&None), "a deletion is kept (it overrides the config file)");
+        assert!(changes.iter().any(|c| matches!(c, Change::Links(_))));
+        let again =
+            Command::LinkSet { name: "eu".into(), spec: None, drop_sessions: true, expect: Some(true), in_file: true };
+        assert!(matches!(st.apply_one(again).0, Outcome::Stale), "deleted already");
+        let create = Command::LinkSet {
+            name: "eu".into(),
+            spec: Some("{}".into()),
+            drop_sessions: false,
+            expect: Some(false),
+            in_file: true,
+        };
+        assert!(matches!(st.apply_one(create.clone()).0, Outcome::Done));
+        assert!(matches!(st.apply_one(create).0, Outcome::Stale), "a second create of one name");
     }
 }

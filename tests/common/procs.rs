@@ -282,8 +282,9 @@ impl ProcCluster {
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("----- {} (last 40 lines) -----", n.name);
+            let keep = std::env::var("STRAIT_TEST_LOG_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+            let tail: Vec<&str> = text.lines().rev().take(keep).collect();
+            eprintln!("----- {} (last {keep} lines) -----", n.name);
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
