@@ -542,8 +542,16 @@ async fn run(
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut pending: VecDeque<Inbound> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Recompute the wanted routes only when the router changed (or on connect): it walks
+    // every session.
+    let mut routes_dirty = true;
+    // Armed before the routes are read, re-armed before they are read again: no change is
+    // missed between two reads.
+    let mut routes_changed = Box::pin(broker.routes_changed.notified());
+    routes_changed.as_mut().enable();
     let result = loop {
-        if connected {
+        if connected && routes_dirty {
+            routes_dirty = false;
             let want = desired_routes(broker, &link.topics);
             if want != subscribed {
                 let add: Vec<Filter> = want
@@ -579,10 +587,13 @@ async fn run(
             }
         }
         status.set_inflight(pending.len());
-        let routes_changed = broker.routes_changed.notified();
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            _ = routes_changed => {}
+            _ = &mut routes_changed => {
+                routes_dirty = true;
+                routes_changed.set(broker.routes_changed.notified());
+                routes_changed.as_mut().enable();
+            }
             _ = tick.tick() => {
                 if !is_leader(broker) {
                     tracing::info!("link: no longer the leader; handing the link over");
@@ -630,6 +641,7 @@ async fn run(
                     }
                     tracing::info!(server = %addr, session_present = a.session_present, routes = subscribed.len(), "link: connected");
                     status.set("connected", Some(addr.clone()), None);
+                    routes_dirty = true;
                 }
                 Ok(Event::Incoming(RPacket::Publish(p))) => {
                     pending.push_back(on_publish(link, ctx, status, p));

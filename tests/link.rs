@@ -546,3 +546,66 @@ async fn a_tls_link_carries_messages_and_an_untrusted_server_is_reported() {
     let err = link_error(&east, "cluster-eu-west", "certificate").await;
     tracing::info!("untrusted server reported: {err}");
 }
+
+/// A single node (no Raft) takes link changes over its API too, stored in its sled data: a
+/// link created at runtime lets the remote's link client in (it was refused before), an
+/// asymmetric one (`topics = []`) carries messages one way, and it is still there after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_accepts_a_link_created_over_its_api_and_keeps_it_across_a_restart() {
+    init();
+    let mut a = ProcCluster::configure("cluster-a", 1, 0, "");
+    let mut b = ProcCluster::configure("cluster-b", 1, 0, "");
+    b.link_to(&a, "[\"#\"]");
+    append(&a, &format!("\nlisteners.tcp.clink.bind = \"127.0.0.1:{}\"\n", a.nodes[0].clink));
+    a.spawn(0);
+    b.spawn(0);
+    a.wait_up(0).await;
+    b.wait_up(0).await;
+    let (aapi, bapi) = (a.nodes[0].api, b.nodes[0].api);
+    api_until(
+        bapi,
+        "/api/v5/cluster/links/link/cluster-a",
+        "b's link to be refused by a (no link to b there)",
+        |_, v| v["last_error"].as_str().is_some_and(|e| e.contains("NotAuthorized")),
+    )
+    .await;
+
+    tracing::info!("== POST on a: an asymmetric link to b lets b's link client in");
+    let spec = format!(r#"{{"name": "cluster-b", "server": "127.0.0.1:{}", "topics": []}}"#, b.nodes[0].clink);
+    let (code, body) = common::procs::http(aapi, "POST", "/api/v5/cluster/links", Some(&spec)).expect("API");
+    assert_eq!(code, 201, "{body}");
+    let (mut sub, _) = Raw::connect(([127, 0, 0, 1], b.nodes[0].mqtt).into(), Protocol::V5, "one-sub").await;
+    assert_eq!(sub.subscribe("one/#", QoS::AtLeastOnce).await, vec![1]);
+    b.wait_link("cluster-a", Some("one/#")).await;
+    route_at(aapi, "clink-cluster-b", "one/#").await;
+    let (mut p, _) = Raw::connect(([127, 0, 0, 1], a.nodes[0].mqtt).into(), Protocol::V5, "one-pub").await;
+    assert_eq!(p.publish(publish("one/1", QoS::AtLeastOnce, b"first", 1)).await, 0);
+    let m = sub.publish_in().await;
+    assert_eq!(&m.payload[..], b"first");
+    sub.ack(&m).await;
+    drop(p);
+
+    tracing::info!("== restart a: the link is kept in its data directory");
+    a.kill(0);
+    a.spawn(0);
+    a.wait_up(0).await;
+    let (code, body) = common::procs::http_get(aapi, "/api/v5/cluster/links/link/cluster-b").expect("API");
+    assert_eq!(code, 200, "{body}");
+    b.wait_link("cluster-a", Some("one/#")).await;
+    route_at(aapi, "clink-cluster-b", "one/#").await;
+    let (mut p, _) = Raw::connect(([127, 0, 0, 1], a.nodes[0].mqtt).into(), Protocol::V5, "one-pub").await;
+    assert_eq!(p.publish(publish("one/2", QoS::AtLeastOnce, b"second", 1)).await, 0);
+    let m = sub.publish_in().await;
+    assert_eq!(&m.payload[..], b"second");
+
+    tracing::info!("== DELETE on a: b's link client is put out and refused again");
+    assert_eq!(
+        common::procs::http(aapi, "DELETE", "/api/v5/cluster/links/link/cluster-b", None).map(|r| r.0),
+        Some(204)
+    );
+    api_until(bapi, "/api/v5/cluster/links/link/cluster-a", "b's link to be refused again", |_, v| {
+        v["status"] != "connected" && v["last_error"].as_str().is_some_and(|e| e.contains("NotAuthorized"))
+    })
+    .await;
+}

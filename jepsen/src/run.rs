@@ -96,6 +96,15 @@ pub fn scenarios() -> Vec<Scenario> {
             ci: true,
         },
         Scenario {
+            name: "link-kill-holder-qos2",
+            about: "two linked regions, QoS 2 end to end; SIGKILL the link holder (no duplicates)",
+            faults: &[KillLinkHolder],
+            nodes: 3,
+            linked: true,
+            qos: 2,
+            ci: false,
+        },
+        Scenario {
             name: "link-partition",
             about: "two linked regions; halves of the receiving region cut",
             faults: &[PartitionHalves],
