@@ -396,9 +396,13 @@ pub struct LinkConfig {
     /// 5s
     #[serde(serialize_with = "ser_duration")]
     pub retry_interval: Duration,
-    /// 32
+    /// 256 (DEFAULT_LINK_INFLIGHT): messages the remote may have in flight on the link
     pub max_inflight: u16,
 }
+
+/// Default `links[].max_inflight`: every message over a link is committed here before it is
+/// acknowledged, so the window must cover a few commit round trips at full rate.
+pub const DEFAULT_LINK_INFLIGHT: u16 = 256;
 
 /// A `host:port` to connect to. `host` is stored without IPv6 brackets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -1706,7 +1710,7 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
         topics: decode_topics(o, warnings)?,
         ssl,
         retry_interval: o.duration("retry_interval", Duration::from_secs(5), false)?,
-        max_inflight: o.int("max_inflight", 1, 65535, 32u16)?,
+        max_inflight: o.int("max_inflight", 1, 65535, DEFAULT_LINK_INFLIGHT)?,
         name,
     })
 }
@@ -1878,7 +1882,7 @@ listeners {
         assert_eq!(l.topics, vec!["#"]);
         assert!(l.enable);
         assert_eq!(l.retry_interval, Duration::from_secs(5));
-        assert_eq!(l.max_inflight, 32);
+        assert_eq!(l.max_inflight, DEFAULT_LINK_INFLIGHT);
         assert!(!l.ssl.enable);
         // The file has listeners.tcp, so only the clink listener exists.
         assert_eq!(c.listeners.tcp.len(), 1);

@@ -18,9 +18,11 @@
 //!   asynchronous: a message published there before the route arrived is not forwarded.
 //! - Messages: the remote stamps each durable message with its sequence number and original
 //!   QoS (`strait-link-seq`, `strait-link-qos`). Here it is committed as `FromLink` (applied once
-//!   per sequence number: a redelivery after a lost acknowledgement is a duplicate), delivered
-//!   after that commit, and acknowledged to the remote after it. So QoS 2 stays exactly once end
-//!   to end, and QoS 1 is not duplicated by link failovers either.
+//!   per sequence number: a redelivery after a lost acknowledgement is a duplicate) carrying its
+//!   deliveries (`Enqueue` for persistent sessions, `Deliver` for the others, made by each
+//!   owner node when it applies the entry), and acknowledged to the remote after the commit.
+//!   So QoS 2 stays exactly once end to end, QoS 1 is not duplicated by link failovers either,
+//!   and a link holder killed right after a commit loses nothing.
 //! - No loops, no transit: a message that came in over a link is never sent out over one.
 //! - Leader change: the old leader drops its link connections when its lease ends; the new
 //!   leader connects with the same client id (the remote takes the session over: 0x8E fences a
@@ -750,17 +752,27 @@ fn on_publish(link: &LinkConfig, ctx: &Ctx, status: &Arc<LinkStatus>, p: RPublis
         publisher: format!("{LINK_PUBLISHER}{}", link.name).into(),
         expires_at_ms,
     };
-    let (published, deferred) = broker.publish_deferred(Arc::new(msg));
-    let wait = match (cluster, seq) {
-        (None, _) => None,
+    let msg = Arc::new(msg);
+    let (published, deferred) = broker.publish_deferred(msg.clone());
+    match (cluster, seq) {
+        (None, _) => Inbound { p, wait: None, deferred, skip: false },
+        // Everything through Raft, in one entry applied once per sequence number: durable
+        // deliveries (Enqueue), the others (Deliver, made by each owner node on apply).
         // Proposed now, in arrival order (the remote's publisher order).
         (Some(c), Some(seq)) => {
-            Some(c.commit(vec![Command::FromLink { link: link.name.clone(), seq, cmds: published.commands }]))
+            let mut cmds = published.commands;
+            let targets: Vec<_> = deferred.into_iter().map(Deferred::into_target).collect();
+            if !targets.is_empty() {
+                cmds.push(Command::Deliver { msg: (*msg).clone(), targets });
+            }
+            let wait = Some(c.commit(vec![Command::FromLink { link: link.name.clone(), seq, cmds }]));
+            Inbound { p, wait, deferred: Vec::new(), skip: false }
         }
-        (Some(c), None) if !published.commands.is_empty() => Some(c.commit(published.commands)),
-        (Some(_), None) => None,
-    };
-    Inbound { p, wait, deferred, skip: false }
+        (Some(c), None) => {
+            let wait = (!published.commands.is_empty()).then(|| c.commit(published.commands));
+            Inbound { p, wait, deferred, skip: false }
+        }
+    }
 }
 
 /// The rustls client configuration of a TLS link (`links[].ssl`): trust anchors from

@@ -106,6 +106,17 @@ pub enum Deferred {
     Forward(u64, Arc<str>, Delivery),
 }
 
+impl Deferred {
+    /// As a target of a replicated `Deliver`.
+    pub fn into_target(self) -> Target {
+        let (client_id, d) = match self {
+            Deferred::Offer(s, d) => (s.client_id.to_string(), d),
+            Deferred::Forward(_, id, d) => (id.to_string(), d),
+        };
+        Target { client_id, qos: d.qos, retain: d.retain, sub_ids: d.sub_ids }
+    }
+}
+
 /// Result of attaching a new connection to a session.
 pub struct Attached {
     pub session: Arc<Session>,
@@ -795,6 +806,13 @@ impl Broker {
                 }
                 Change::Nodes(_) => {}
                 Change::Links(overrides) => self.links.set_overrides(overrides),
+                Change::Live { client_id, owner, delivery } => {
+                    if owner == me {
+                        if let Some(s) = self.session(&client_id) {
+                            self.offer(&s, delivery);
+                        }
+                    }
+                }
                 Change::Session { client_id, entry, fresh, queue } => {
                     self.apply_session(&client_id, entry, fresh, queue, me);
                 }

@@ -159,6 +159,13 @@ pub enum Command {
     LinkReset {
         link: String,
     },
+    /// A message over a link for sessions without a replicated queue (not persistent, or
+    /// QoS 0): each owner node delivers it when it applies this, so a link holder that dies
+    /// right after the commit loses nothing (and the dedup record keeps it from coming twice).
+    Deliver {
+        msg: Message,
+        targets: Vec<Target>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +228,12 @@ pub enum Change {
     Nodes(BTreeMap<u64, NodeInfo>),
     /// The API's link changes (name -> JSON spec, None = deleted), all of them.
     Links(BTreeMap<String, Option<String>>),
+    /// A delivery that is not kept in the replicated state (`Deliver`): for the owner node.
+    Live {
+        client_id: String,
+        owner: u64,
+        delivery: Delivery,
+    },
 }
 
 /// A session entry without its queue and subscriptions (they travel separately).
@@ -511,6 +524,16 @@ impl ClusterState {
             }
             Command::LinkReset { link } => {
                 s.link_seen.remove(&link);
+                Outcome::Done
+            }
+            Command::Deliver { msg, targets } => {
+                let msg = Arc::new(msg);
+                for t in targets {
+                    let Some(e) = s.sessions.get(&t.client_id) else { continue };
+                    let delivery =
+                        Delivery { msg: msg.clone(), qos: t.qos, retain: t.retain, sub_ids: t.sub_ids, seq: None };
+                    out.push(Change::Live { client_id: t.client_id, owner: e.owner, delivery });
+                }
                 Outcome::Done
             }
         };

@@ -324,7 +324,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let server_keep_alive = cfg.server_keepalive;
         let ka_secs = if v5 { server_keep_alive.unwrap_or(c.keep_alive) } else { c.keep_alive };
         let keep_alive = (ka_secs > 0).then(|| Duration::from_secs_f64(f64::from(ka_secs) * cfg.keepalive_multiplier));
-        let client_window = c.properties.receive_maximum.unwrap_or(u16::MAX).min(cfg.max_inflight).max(1);
+        // A link client's window is its own (`links[].max_inflight` of the other side): it
+        // commits each message before acknowledging, so it needs more in flight than a client.
+        let cap = if link_from.is_some() { u16::MAX } else { cfg.max_inflight };
+        let client_window = c.properties.receive_maximum.unwrap_or(u16::MAX).min(cap).max(1);
         let max_out = c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX);
 
         let attached = match self.broker.cluster() {
