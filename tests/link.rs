@@ -609,3 +609,55 @@ async fn a_single_node_accepts_a_link_created_over_its_api_and_keeps_it_across_a
     })
     .await;
 }
+
+/// What goes wrong with a link shows in its API status, with the reason, and is retried with
+/// the link's `retry_interval`: wrong credentials, an unreachable server. A PUT with the right
+/// password fixes the first without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_failures_are_reported_with_their_reason_and_fixed_over_the_api() {
+    init();
+    let mut a = ProcCluster::configure("cluster-a", 1, 0, "");
+    let mut b = ProcCluster::configure("cluster-b", 1, 0, "");
+    let pw = a.dir.path().join("passwd");
+    let out = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("passwd")
+        .arg(&pw)
+        .args(["linker", "--password", "right"])
+        .output()
+        .expect("strait passwd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.link_to(&b, "[]");
+    append(&a, &format!("\nauthentication {{ allow_anonymous = false, password_file = \"{}\" }}\n", pw.display()));
+    let dead = common::procs::free_ports(1)[0];
+    let links = format!(
+        "cluster {{ links = [ \
+           {{ name = \"cluster-a\", server = \"127.0.0.1:{}\", username = \"linker\", password = \"wrong\", topics = [\"#\"], retry_interval = 300ms }}, \
+           {{ name = \"cluster-c\", server = \"127.0.0.1:{dead}\", topics = [\"#\"], retry_interval = 300ms }} ] }}\n",
+        a.nodes[0].clink
+    );
+    append(&b, &links);
+    a.spawn(0);
+    b.spawn(0);
+    a.wait_up(0).await;
+    b.wait_up(0).await;
+    let bapi = b.nodes[0].api;
+    api_until(bapi, "/api/v5/cluster/links/link/cluster-a", "wrong credentials reported", |_, v| {
+        v["status"] == "disconnected" && v["last_error"].as_str().is_some_and(|e| e.contains("BadUserNamePassword"))
+    })
+    .await;
+    api_until(bapi, "/api/v5/cluster/links/link/cluster-c", "an unreachable server reported", |_, v| {
+        v["status"] != "connected" && v["last_error"].as_str().is_some_and(|e| e.contains("refused"))
+    })
+    .await;
+    let (_, body) = common::procs::http_get(bapi, "/api/v5/cluster/links/link/cluster-a").expect("API");
+    assert!(body.contains(r#""password":"******""#) && !body.contains("wrong"), "passwords are masked: {body}");
+
+    tracing::info!("== PUT the right password: connected, without a restart");
+    let (code, body) =
+        common::procs::http(bapi, "PUT", "/api/v5/cluster/links/link/cluster-a", Some(r#"{"password": "right"}"#))
+            .expect("API");
+    assert_eq!(code, 200, "{body}");
+    b.wait_link("cluster-a", None).await;
+    let (_, body) = common::procs::http_get(bapi, "/api/v5/cluster/links/link/cluster-c").expect("API");
+    assert!(body.contains(r#""connects":0"#), "the dead server never connected: {body}");
+}
