@@ -55,7 +55,10 @@ use crate::broker::{Broker, Deferred, LINK_PUBLISHER};
 use crate::cluster::state::Seen;
 use crate::cluster::{Command, Outcome, Response};
 use crate::config::{link_from_json, link_to_json, Config, LinkConfig};
-use crate::mqtt::connection::{LINK_PROPERTY, LINK_VERSION, LINK_VERSION_PROPERTY};
+use crate::mqtt::connection::{
+    LINK_ACTOR_PROPERTY, LINK_INCARNATION_PROPERTY, LINK_PROPERTY, LINK_TARGET_PROPERTY, LINK_VERSION,
+    LINK_VERSION_PROPERTY,
+};
 use crate::mqtt::packet::{Properties, QoS};
 use crate::mqtt::topic;
 
@@ -448,9 +451,16 @@ fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean: bool) -> 
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_manual_acks(true);
     opts.set_receive_maximum(Some(link.max_inflight.max(1)));
+    let (actor, term) = match ctx.broker.cluster() {
+        Some(c) => (c.node_name.clone(), c.raft.metrics().current_term),
+        None => (ctx.me.clone(), 0),
+    };
     opts.set_user_properties(vec![
         (LINK_PROPERTY.to_string(), ctx.me.clone()),
         (LINK_VERSION_PROPERTY.to_string(), LINK_VERSION.to_string()),
+        (LINK_TARGET_PROPERTY.to_string(), link.name.clone()),
+        (LINK_ACTOR_PROPERTY.to_string(), actor),
+        (LINK_INCARNATION_PROPERTY.to_string(), term.to_string()),
     ]);
     opts.set_max_packet_size(Some(ctx.broker.mqtt.max_packet_size));
     if let Some(u) = &link.username {

@@ -175,6 +175,23 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
         vec![("strait-link".into(), "cluster-eu-west".into()), ("strait-link-version".into(), "2".into())];
     let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
     assert_eq!(ack.code, 0x84, "a link client of another protocol version is refused");
+    let mut c = connect_packet(Protocol::V5, "clink-lost");
+    c.properties.user_properties = vec![
+        ("strait-link".into(), "cluster-eu-west".into()),
+        ("strait-link-version".into(), "1".into()),
+        ("strait-link-target".into(), "cluster-ap-south".into()),
+    ];
+    let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
+    assert_eq!(ack.code, 0x87, "a link meant for another cluster is refused");
+
+    tracing::info!("== a link client may not publish");
+    let mut c = connect_packet(Protocol::V5, "clink-pub");
+    c.properties.user_properties =
+        vec![("strait-link".into(), "cluster-eu-west".into()), ("strait-link-version".into(), "1".into())];
+    let (mut l, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
+    assert_eq!(ack.code, 0);
+    l.send(&Packet::Publish(publish("linked/x", QoS::AtLeastOnce, b"in", 1))).await;
+    assert_eq!(l.expect_close(Duration::from_secs(5)).await, Some(0x87));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,13 @@ pub const LINK_PROPERTY: &str = "strait-link";
 /// is refused (0x84) with the reason in its link status.
 pub const LINK_VERSION_PROPERTY: &str = "strait-link-version";
 pub const LINK_VERSION: &str = "1";
+/// CONNECT user property naming the cluster a link client means to reach (its link's name):
+/// a link pointed at the wrong cluster is refused (0x87) instead of pulling its messages.
+pub const LINK_TARGET_PROPERTY: &str = "strait-link-target";
+/// CONNECT user properties naming the node that holds the link and its Raft term (logged by
+/// the accepting side, shown in its API).
+pub const LINK_ACTOR_PROPERTY: &str = "strait-link-actor";
+pub const LINK_INCARNATION_PROPERTY: &str = "strait-link-incarnation";
 
 /// Acknowledgements waiting for a cluster commit before this connection stops reading.
 const PENDING_MAX: usize = 256;
@@ -262,6 +269,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: a link from a cluster with this cluster's own name");
             fail = Some(reason::NOT_AUTHORIZED);
+        } else if let Some(target) = link_from.as_ref().and_then(|_| {
+            c.properties
+                .user_properties
+                .iter()
+                .find(|(k, _)| k == LINK_TARGET_PROPERTY)
+                .map(|(_, v)| v.clone())
+                .filter(|t| t != self.broker.links.cluster_name())
+        }) {
+            tracing::warn!(peer = %self.peer, target = %target, me = %self.broker.links.cluster_name(),
+                "conn.refused: a link meant for another cluster");
+            fail = Some(reason::NOT_AUTHORIZED);
         } else if link_from.is_some()
             && !c.properties.user_properties.iter().any(|(k, v)| k == LINK_VERSION_PROPERTY && v == LINK_VERSION)
         {
@@ -421,6 +439,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             props.server_keep_alive = server_keep_alive;
         }
         if v5 && link_from.is_some() {
+            let prop = |k: &str| c.properties.user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+            tracing::info!(
+                remote = ?link_from,
+                actor = prop(LINK_ACTOR_PROPERTY).unwrap_or("?"),
+                incarnation = prop(LINK_INCARNATION_PROPERTY).unwrap_or("?"),
+                session_present = attached.session_present,
+                "link.accepted"
+            );
             // A link client learns the routes its session holds here (its route bootstrap).
             let st = attached.session.lock();
             let mut routes: Vec<&String> = st.subscriptions.keys().collect();
