@@ -111,6 +111,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<C> for StateMachineStore<S> {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
+        let started = std::time::Instant::now();
         let (meta, data) = {
             let mut inner = self.inner.write().await;
             inner.snapshot_seq += 1;
@@ -118,8 +119,16 @@ impl<S: StateMachine> RaftSnapshotBuilder<C> for StateMachineStore<S> {
                 SnapshotMetaOf::<C> { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
             (meta, inner.snapshot()?)
         };
+        let built = started.elapsed();
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save(&stored).await?;
+        tracing::debug!(
+            bytes = stored.data.len(),
+            build_ms = built.as_secs_f64() * 1e3,
+            save_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+            last = ?meta.last_log_id.map(|l| l.index),
+            "raft.snapshot"
+        );
         Ok(SnapshotOf::<C, _> { meta, snapshot: Cursor::new(stored.data) })
     }
 }
