@@ -65,6 +65,8 @@ impl Storage {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(200))
+            // (1 GiB by default; sessions and retained messages are also held in memory.)
+            .cache_capacity(32 * 1024 * 1024)
             .open()
             .map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?;
         let sessions = db.open_tree("sessions")?;

@@ -12,6 +12,9 @@ pub use state_machine::StateMachineStore;
 
 use crate::StateMachine;
 
+/// sled page cache of the Raft storage.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Open (or create) the node's storage at `dir`.
 pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
     open_with(dir, S::default())
@@ -19,7 +22,9 @@ pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<
 
 /// Open with a given (empty) state machine value: one that carries non-replicated parts.
 pub fn open_with<S: StateMachine>(dir: &Path, sm: S) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
-    let db = sled::Config::new().path(dir).open().map_err(std::io::Error::other)?;
+    // sled's page cache defaults to 1 GiB and grows toward it with the log; the log is
+    // written once and read rarely (catch-up), so a small cache costs nothing.
+    let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(std::io::Error::other)?;
     let log = LogStore::new(&db)?;
     let sm = StateMachineStore::new(&db, sm)?;
     Ok((log, sm))
