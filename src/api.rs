@@ -325,13 +325,10 @@ async fn commit_link(
             let rs = c.commit_wait(vec![cmd]).await.map_err(|e| format!("committing the link change: {e}"))?;
             Ok(!rs.iter().any(|r| matches!(r.outcome, crate::cluster::Outcome::Stale)))
         }
-        None => {
-            if s.broker.links.get(name).is_some() != expect {
-                return Ok(false);
-            }
-            s.broker.set_link_local(name, spec, drop_sessions).map_err(|e| format!("storing the link change: {e}"))?;
-            Ok(true)
-        }
+        None => s
+            .broker
+            .set_link_local(name, spec, drop_sessions, expect)
+            .map_err(|e| format!("storing the link change: {e}")),
     }
 }
 

@@ -1710,7 +1710,7 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
         topics: decode_topics(o, warnings)?,
         ssl,
         retry_interval: o.duration("retry_interval", Duration::from_secs(5), false)?,
-        max_inflight: o.int("max_inflight", 1, 65535, DEFAULT_LINK_INFLIGHT)?,
+        max_inflight: o.int("max_inflight", 1, 4096, DEFAULT_LINK_INFLIGHT)?,
         name,
     })
 }

@@ -78,6 +78,8 @@ pub struct Registry {
     file: Vec<LinkConfig>,
     inner: Mutex<RegistryState>,
     changed: watch::Sender<u64>,
+    /// Serialises API changes on a single node.
+    api: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -97,6 +99,7 @@ impl Registry {
             file: cfg.cluster.links.clone(),
             inner: Mutex::new(state),
             changed: watch::Sender::new(0),
+            api: Mutex::new(()),
         }
     }
 
@@ -130,6 +133,11 @@ impl Registry {
         st.effective = Arc::new(eff);
         drop(st);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Held across one API change on a single node (check, store, apply).
+    pub fn api_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.api.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One API change applied to the current overrides (single node).
@@ -332,11 +340,13 @@ async fn manage(ctx: Ctx) {
                 let _ = t.await;
             }
             let old = &r.status.config;
-            let gone = new.is_none_or(|n| !n.enable || n.clientid != old.clientid || n.server != old.server);
+            // (Not for a changed server list: the same session at the same cluster, resumed
+            // by the new actor with everything queued for it.)
+            let gone = new.is_none_or(|n| !n.enable || n.clientid != old.clientid);
             if old.enable && gone && is_leader(&broker) {
-                tracing::info!(link = %name, "link: deleted, disabled or moved; ending its session at the remote");
-                ctx.tracker
-                    .spawn(farewell(old.clone(), ctx.clone()).instrument(tracing::info_span!("link", name = %name)));
+                tracing::info!(link = %name, "link: deleted, disabled or renamed; ending its session at the remote");
+                // Awaited (bounded): a new actor with the same client id must not race it.
+                farewell(old.clone(), ctx.clone()).instrument(tracing::info_span!("link", name = %name)).await;
             }
         }
         for l in eff.iter() {
@@ -534,6 +544,14 @@ async fn run(
     port: u16,
 ) -> Result<(), (String, bool)> {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
+    if let Some(c) = broker.cluster() {
+        // A new leader's view may lag the log: read through a committed barrier first, or the
+        // route bootstrap would remove routes at the remote that subscribers here still want.
+        if !c.is_ready() {
+            return Err(("this node has not caught up with the cluster yet".into(), false));
+        }
+        c.commit_wait(vec![Command::Barrier]).await.map_err(|e| (format!("read barrier: {e}"), false))?;
+    }
     let opts = options(link, ctx, host, port, false).map_err(|e| (e, false))?;
     let (client, mut el) = AsyncClient::new(opts, 1024.max(2 * usize::from(link.max_inflight)));
     // rumqttc's `poll` is not cancel-safe while it connects (a poll dropped mid-handshake
@@ -674,17 +692,16 @@ async fn run(
     }
     // Messages whose commit went through are delivered here even though their acknowledgement
     // can no longer be sent (the redelivery will be a duplicate).
-    if !cancel.is_cancelled() {
-        for f in pending {
-            let ok = match f.wait {
-                None => !f.skip,
-                Some(rx) => {
-                    matches!(rx.await, Ok(Ok(rs)) if !rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate)))
-                }
-            };
-            if ok {
-                broker.run_deferred(f.deferred);
-            }
+    // (Without a cluster a message is accepted when it arrives: its sequence number is
+    // recorded then, so it is delivered even though the link is stopping.)
+    for f in pending {
+        let ok = match f.wait {
+            None => !f.skip,
+            Some(_) if cancel.is_cancelled() => false,
+            Some(rx) => matches!(rx.await, Ok(Ok(rs)) if !rs.iter().any(|r| matches!(r.outcome, Outcome::Duplicate))),
+        };
+        if ok {
+            broker.run_deferred(f.deferred);
         }
     }
     status.set_inflight(0);

@@ -764,7 +764,19 @@ impl Broker {
 impl Broker {
     /// Without a cluster: apply (and store) one API change of a link; with `drop_sessions`
     /// end the session of that cluster's link client here (and so its routes).
-    pub fn set_link_local(&self, name: &str, spec: Option<String>, drop_sessions: bool) -> Result<(), StorageError> {
+    /// `expect`: whether the link must exist (false when it did not hold: nothing changed).
+    pub fn set_link_local(
+        &self,
+        name: &str,
+        spec: Option<String>,
+        drop_sessions: bool,
+        expect: bool,
+    ) -> Result<bool, StorageError> {
+        // One change at a time: the check, the store and the in-memory set belong together.
+        let _one = self.links.api_lock();
+        if self.links.get(name).is_some() != expect {
+            return Ok(false);
+        }
         if let Some(storage) = &self.storage {
             storage.put_link(name, spec.as_deref())?;
         }
@@ -784,7 +796,7 @@ impl Broker {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn set_cluster(&self, c: &Arc<Cluster>) {

@@ -211,6 +211,11 @@ impl Cluster {
         self.ready.load(Ordering::Acquire) && self.raft.leadership().borrow().lease
     }
 
+    /// Whether this node has registered itself after its start (its view is being kept).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
     }

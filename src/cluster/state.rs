@@ -21,7 +21,10 @@ use crate::mqtt::packet::{Protocol, QoS, Will};
 pub const STATE_FORMAT: u8 = 2;
 
 /// Seqs of a link's messages remembered for deduplication beyond the floor.
-const DEDUPE_WINDOW: usize = 4096;
+/// Twice the largest link window (`links[].max_inflight` <= 4096): a redelivery after a
+/// reconnect comes in packet id order, which may put up to a window of newer numbers ahead of
+/// older unseen ones; the window keeps the older ones above the floor.
+const DEDUPE_WINDOW: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -159,6 +162,9 @@ pub enum Command {
     LinkReset {
         link: String,
     },
+    /// Nothing: a read barrier (once applied here, this node's view has everything committed
+    /// before it).
+    Barrier,
     /// A message over a link for sessions without a replicated queue (not persistent, or
     /// QoS 0): each owner node delivers it when it applies this, so a link holder that dies
     /// right after the commit loses nothing (and the dedup record keeps it from coming twice).
@@ -504,7 +510,8 @@ impl ClusterState {
                         s.sessions.remove(&id);
                         out.push(Change::Session { client_id: id, entry: None, fresh: false, queue: Vec::new() });
                     }
-                    s.link_seen.remove(&name);
+                    // (`link_seen` stays: the remote's sequence numbers never go back, and its
+                    // session may outlive this change with messages already applied here.)
                 }
                 s.links.insert(name, spec);
                 out.push(Change::Links(s.links.clone()));
@@ -526,6 +533,7 @@ impl ClusterState {
                 s.link_seen.remove(&link);
                 Outcome::Done
             }
+            Command::Barrier => Outcome::Done,
             Command::Deliver { msg, targets } => {
                 let msg = Arc::new(msg);
                 for t in targets {
@@ -614,6 +622,23 @@ mod tests {
         assert_eq!(s.recent.len(), DEDUPE_WINDOW);
         assert!(s.contains(4), "below the floor counts as seen");
         assert!(!s.insert(12));
+    }
+
+    #[test]
+    fn newer_numbers_ahead_of_older_unseen_ones_do_not_hide_them() {
+        // A reconnect resends in packet id order: after the id wraps, up to a window (4096) of
+        // newer numbers can come before older ones not seen yet.
+        let mut s = Seen::default();
+        for q in 0..20_000u64 {
+            assert!(s.insert(q));
+        }
+        for q in 24_000..28_096u64 {
+            assert!(s.insert(q), "{q}");
+        }
+        for q in 20_000..24_000u64 {
+            assert!(!s.contains(q), "{q} was never seen");
+            assert!(s.insert(q));
+        }
     }
 
     #[test]

@@ -451,9 +451,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             let st = attached.session.lock();
             let mut routes: Vec<&String> = st.subscriptions.keys().collect();
             routes.sort();
-            props
-                .user_properties
-                .extend(routes.into_iter().map(|f| (crate::link::LINK_ROUTE_PROPERTY.to_string(), f.clone())));
+            // Within the client's maximum packet size (less room for the rest of the CONNACK);
+            // routes left off stay until the session ends.
+            let mut budget = (max_out.min(16 * 1024 * 1024)).saturating_sub(1024);
+            let key = crate::link::LINK_ROUTE_PROPERTY;
+            for f in routes {
+                let cost = 5 + key.len() + f.len();
+                if cost > budget {
+                    tracing::warn!(client_id = %client_id, "link.routes: the route list does not fit the CONNACK; cut short");
+                    break;
+                }
+                budget -= cost;
+                props.user_properties.push((key.to_string(), f.clone()));
+            }
         }
         let ack = ConnAck { session_present: attached.session_present, code: reason::SUCCESS, properties: props };
         codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
