@@ -678,3 +678,42 @@ async fn link_failures_are_reported_with_their_reason_and_fixed_over_the_api() {
     let (_, body) = common::procs::http_get(bapi, "/api/v5/cluster/links/link/cluster-c").expect("API");
     assert!(body.contains(r#""connects":0"#), "the dead server never connected: {body}");
 }
+
+/// A subscription made while the link is down is propagated when the link comes up (here: the
+/// link is enabled over the API); a message published before the remote held the route is not
+/// forwarded, one published after is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_before_the_link_is_up_is_propagated_when_it_comes_up() {
+    init();
+    let mut a = ProcCluster::configure("cluster-a", 1, 0, "");
+    let mut b = ProcCluster::configure("cluster-b", 1, 0, "");
+    a.link_to(&b, "[]");
+    b.link_to(&a, "[\"#\"]");
+    // b's link to a starts disabled.
+    let cfg = &b.nodes[0].config;
+    let text =
+        std::fs::read_to_string(cfg).expect("config").replace("topics = [\"#\"]", "topics = [\"#\"], enable = false");
+    std::fs::write(cfg, text).expect("config");
+    a.spawn(0);
+    b.spawn(0);
+    a.wait_up(0).await;
+    b.wait_up(0).await;
+    let (mut sub, _) = Raw::connect(([127, 0, 0, 1], b.nodes[0].mqtt).into(), Protocol::V5, "early-sub").await;
+    assert_eq!(sub.subscribe("early/#", QoS::AtLeastOnce).await, vec![1]);
+    let (mut p, _) = Raw::connect(([127, 0, 0, 1], a.nodes[0].mqtt).into(), Protocol::V5, "early-pub").await;
+    assert_eq!(p.publish(publish("early/0", QoS::AtLeastOnce, b"before the route", 1)).await, 0);
+    let link = "/api/v5/cluster/links/link/cluster-a";
+    let (_, body) = common::procs::http_get(b.nodes[0].api, link).expect("API");
+    assert!(body.contains(r#""status":"disabled""#), "{body}");
+
+    let started = std::time::Instant::now();
+    let (code, body) = common::procs::http(b.nodes[0].api, "PUT", link, Some(r#"{"enable": true}"#)).expect("API");
+    assert_eq!(code, 200, "{body}");
+    route_at(a.nodes[0].api, "clink-cluster-b", "early/#").await;
+    tracing::info!("== route propagated {:?} after the link was enabled", started.elapsed());
+    assert_eq!(p.publish(publish("early/1", QoS::AtLeastOnce, b"after the route", 2)).await, 0);
+    let m = sub.publish_in().await;
+    assert_eq!(&m.payload[..], b"after the route", "the message published before the route was not forwarded");
+    sub.ack(&m).await;
+    sub.no_publish(Duration::from_millis(300), "nothing else").await;
+}
