@@ -62,6 +62,10 @@ use crate::mqtt::connection::{
 use crate::mqtt::packet::{Properties, QoS};
 use crate::mqtt::topic;
 
+/// Least time between two walks of every session for the wanted routes (a burst of
+/// subscriptions costs one walk per interval, not one per subscription).
+const ROUTE_SCAN_EVERY: Duration = Duration::from_millis(20);
+
 /// Session expiry asked of the remote for the link's session: a week of outage.
 const LINK_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
 /// User property of a message sent over a link: its sequence number in the sending cluster.
@@ -572,16 +576,19 @@ async fn run(
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut pending: VecDeque<Inbound> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    // Recompute the wanted routes only when the router changed (or on connect): it walks
-    // every session.
+    // Recompute the wanted routes only when the router changed (or on connect), and at most
+    // every ROUTE_SCAN_EVERY under subscription churn: it walks every session.
     let mut routes_dirty = true;
+    let now = tokio::time::Instant::now();
+    let mut last_scan = now.checked_sub(ROUTE_SCAN_EVERY).unwrap_or(now);
     // Armed before the routes are read, re-armed before they are read again: no change is
     // missed between two reads.
     let mut routes_changed = Box::pin(broker.routes_changed.notified());
     routes_changed.as_mut().enable();
     let result = loop {
-        if connected && routes_dirty {
+        if connected && routes_dirty && last_scan.elapsed() >= ROUTE_SCAN_EVERY {
             routes_dirty = false;
+            last_scan = tokio::time::Instant::now();
             let want = desired_routes(broker, &link.topics);
             if want != subscribed {
                 let add: Vec<Filter> = want
@@ -619,6 +626,7 @@ async fn run(
         status.set_inflight(pending.len());
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
+            _ = tokio::time::sleep_until(last_scan + ROUTE_SCAN_EVERY), if connected && routes_dirty => {}
             _ = &mut routes_changed => {
                 routes_dirty = true;
                 routes_changed.set(broker.routes_changed.notified());
