@@ -134,6 +134,23 @@ impl Storage {
         Ok(out)
     }
 
+    /// The end of the last reserved block of link sequence numbers (0: none yet).
+    pub fn link_seq_limit(&self) -> Result<u64, StorageError> {
+        let meta = self.db.open_tree("meta")?;
+        Ok(match meta.get("link_seq_limit")? {
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Reserve link sequence numbers below `limit`: on disk before any is used.
+    pub fn set_link_seq_limit(&self, limit: u64) -> Result<(), StorageError> {
+        let meta = self.db.open_tree("meta")?;
+        meta.insert("link_seq_limit", &limit.to_be_bytes())?;
+        meta.flush()?;
+        Ok(())
+    }
+
     /// Flush everything to disk (fsync).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;

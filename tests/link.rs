@@ -593,13 +593,15 @@ async fn a_single_node_accepts_a_link_created_over_its_api_and_keeps_it_across_a
     let (code, body) = common::procs::http(aapi, "POST", "/api/v5/cluster/links", Some(&spec)).expect("API");
     assert_eq!(code, 201, "{body}");
     let (mut sub, _) = Raw::connect(([127, 0, 0, 1], b.nodes[0].mqtt).into(), Protocol::V5, "one-sub").await;
-    assert_eq!(sub.subscribe("one/#", QoS::AtLeastOnce).await, vec![1]);
+    assert_eq!(sub.subscribe("one/#", QoS::ExactlyOnce).await, vec![2]);
     b.wait_link("cluster-a", Some("one/#")).await;
     route_at(aapi, "clink-cluster-b", "one/#").await;
     let (mut p, _) = Raw::connect(([127, 0, 0, 1], a.nodes[0].mqtt).into(), Protocol::V5, "one-pub").await;
-    assert_eq!(p.publish(publish("one/1", QoS::AtLeastOnce, b"first", 1)).await, 0);
+    assert_eq!(p.publish(publish("one/1", QoS::ExactlyOnce, b"first", 1)).await, 0);
     let m = sub.publish_in().await;
     assert_eq!(&m.payload[..], b"first");
+    assert_eq!(m.qos, QoS::ExactlyOnce, "a single node numbers what it sends over a link: QoS 2 end to end");
+    assert!(m.properties.user_properties.is_empty(), "the link's stamps are not passed on: {:?}", m.properties);
     sub.ack(&m).await;
     drop(p);
 

@@ -51,6 +51,9 @@ pub struct Broker {
     pub routes_changed: tokio::sync::Notify,
     /// The links in force (config file and API changes) and their status.
     pub links: crate::link::Registry,
+    /// Without a cluster: the next sequence number for a delivery to a link session, and the
+    /// end of the block reserved on disk (numbers never repeat across restarts).
+    link_seq: Mutex<(u64, u64)>,
 }
 
 /// Something a publisher must wait for before it reads on (flow control instead of drops).
@@ -163,6 +166,7 @@ impl Broker {
             cluster: OnceLock::new(),
             routes_changed: tokio::sync::Notify::new(),
             links: crate::link::Registry::new(cfg),
+            link_seq: Mutex::new((0, 0)),
         });
         broker.load()?;
         Ok(broker)
@@ -171,6 +175,8 @@ impl Broker {
     fn load(&self) -> Result<(), StorageError> {
         let Some(storage) = &self.storage else { return Ok(()) };
         self.links.set_overrides(storage.load_links()?);
+        let limit = storage.link_seq_limit()?;
+        *self.link_seq.lock().unwrap_or_else(|e| e.into_inner()) = (limit, limit);
         let now = now_ms();
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
         for msg in storage.load_retained()? {
@@ -551,7 +557,16 @@ impl Broker {
 
     /// Offer one delivery to a session under the slow-consumer policy; returns the queue
     /// depth after it.
-    pub fn offer(&self, session: &Arc<Session>, d: Delivery) -> usize {
+    pub fn offer(&self, session: &Arc<Session>, mut d: Delivery) -> usize {
+        if d.seq.is_none()
+            && d.qos != QoS::AtMostOnce
+            && session.link.load(Ordering::Relaxed)
+            && self.cluster().is_none()
+        {
+            // A single node numbers what it sends over a link itself (a cluster uses its Raft
+            // sequence): the receiving cluster dedupes by it, so QoS 2 stays exactly once.
+            d.seq = self.next_link_seq();
+        }
         let (outcome, depth) = session.enqueue(d, self.mqtt.max_mqueue_len, self.mqtt.mqueue_store_qos0);
         match outcome {
             Enqueued::Queued => {}
@@ -559,6 +574,25 @@ impl Broker {
             Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
         }
         depth
+    }
+
+    /// Next link sequence number; None (no number, at least once) if storage fails.
+    fn next_link_seq(&self) -> Option<u64> {
+        const BLOCK: u64 = 100_000;
+        let mut g = self.link_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= g.1 {
+            let limit = g.0 + BLOCK;
+            if let Some(storage) = &self.storage {
+                if let Err(e) = storage.set_link_seq_limit(limit) {
+                    tracing::warn!(error = %e, "storage: cannot reserve link sequence numbers");
+                    return None;
+                }
+            }
+            g.1 = limit;
+        }
+        let seq = g.0;
+        g.0 += 1;
+        Some(seq)
     }
 
     fn retain(&self, msg: &Arc<Message>) {
