@@ -290,20 +290,21 @@ async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
     }
 }
 
-/// A JSON body (with or without a `Content-Type: application/json` header).
-struct JsonBody(Result<serde_json::Value, String>);
+/// A JSON body (with or without a `Content-Type: application/json` header); 400 otherwise.
+struct JsonBody(serde_json::Value);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     type Rejection = Response;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
-        Ok(JsonBody(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| bad_request(format!("expected a link object in JSON: {e}")))
     }
 }
 
-/// Commit one link change (through Raft, or to sled on a single node), then answer with the
-/// link as it now stands.
+/// Commit one link change (through Raft, or to sled on a single node).
 /// `expect`: whether the link must exist (Some(true)) or must not (Some(false)); checked in
 /// the replicated state, so two nodes cannot both create one name. Ok(false): it did not hold.
 async fn commit_link(
@@ -334,17 +335,11 @@ async fn commit_link(
 
 /// Validate a link's JSON; the error names the key.
 fn validate_link(s: &ApiState, v: &serde_json::Value) -> Result<crate::config::LinkConfig, String> {
-    let me =
-        s.broker.cluster().map(|c| c.cluster_name.clone()).unwrap_or_else(|| s.broker.links.cluster_name().to_string());
-    match crate::config::link_from_json(v, &me) {
-        Ok((l, warnings)) => {
-            for w in warnings {
-                tracing::warn!(link = %l.name, "{w}");
-            }
-            Ok(l)
-        }
-        Err(e) => Err(e),
+    let (l, warnings) = crate::config::link_from_json(v, s.broker.links.cluster_name())?;
+    for w in warnings {
+        tracing::warn!(link = %l.name, "{w}");
     }
+    Ok(l)
 }
 
 fn exists(name: &str) -> Response {
@@ -357,11 +352,7 @@ fn link_json(l: &crate::config::LinkConfig) -> serde_json::Value {
 }
 
 /// `POST /api/v5/cluster/links`: create a link (same keys as `cluster.links[]`).
-async fn create_link(State(s): State<ApiState>, body: JsonBody) -> Response {
-    let v = match body.0 {
-        Ok(b) => b,
-        Err(e) => return bad_request(format!("expected a link object in JSON: {e}")),
-    };
+async fn create_link(State(s): State<ApiState>, JsonBody(v): JsonBody) -> Response {
     let l = match validate_link(&s, &v) {
         Ok(l) => l,
         Err(e) => return bad_request(e),
@@ -381,11 +372,7 @@ async fn create_link(State(s): State<ApiState>, body: JsonBody) -> Response {
 
 /// `PUT /api/v5/cluster/links/link/{name}`: change a link; keys not given keep their value
 /// (a password of `******` too). A changed `topics` re-bootstraps its routes.
-async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, body: JsonBody) -> Response {
-    let v = match body.0 {
-        Ok(b) => b,
-        Err(e) => return bad_request(format!("expected a link object in JSON: {e}")),
-    };
+async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, JsonBody(v): JsonBody) -> Response {
     let Some(old) = s.broker.links.get(&name) else { return link_not_found(&name) };
     let Some(changes) = v.as_object() else { return bad_request("expected a link object".into()) };
     if changes.get("name").is_some_and(|n| n != name.as_str()) {

@@ -113,6 +113,9 @@ impl Registry {
 
     /// The API's changes, all of them (from the replicated state or sled).
     pub fn set_overrides(&self, overrides: BTreeMap<String, Option<String>>) {
+        if self.lock().overrides == overrides {
+            return;
+        }
         let mut eff = self.file.clone();
         for (name, spec) in &overrides {
             let parsed = spec.as_ref().map(|s| {
@@ -130,9 +133,6 @@ impl Registry {
             }
         }
         let mut st = self.lock();
-        if st.overrides == overrides {
-            return;
-        }
         st.overrides = overrides;
         st.effective = Arc::new(eff);
         drop(st);
@@ -145,11 +145,10 @@ impl Registry {
     }
 
     /// One API change applied to the current overrides (single node).
-    pub fn set_override(&self, name: &str, spec: Option<String>) -> BTreeMap<String, Option<String>> {
+    pub fn set_override(&self, name: &str, spec: Option<String>) {
         let mut all = self.lock().overrides.clone();
         all.insert(name.to_string(), spec);
-        self.set_overrides(all.clone());
-        all
+        self.set_overrides(all);
     }
 
     /// Whether this node's config file has a link named `name`.

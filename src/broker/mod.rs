@@ -431,12 +431,7 @@ impl Broker {
         let mut peer_congested = None;
         for d in deferred {
             match d {
-                Deferred::Offer(session, d) => {
-                    let depth = self.offer(&session, d);
-                    if depth > half && session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
-                        congested = Some((depth, session));
-                    }
-                }
+                Deferred::Offer(session, d) => self.offer_noting(&session, d, half, &mut congested),
                 Deferred::Forward(owner, client_id, d) => {
                     if let Some(c) = &cluster {
                         if let Some(p) = c.forward(owner, &client_id, &d) {
@@ -520,10 +515,7 @@ impl Broker {
                     i = j;
                     continue;
                 }
-                let depth = self.offer(&m.session, d);
-                if depth > half && m.session.is_connected() && congested.as_ref().is_none_or(|(d, _)| depth > *d) {
-                    congested = Some((depth, m.session.clone()));
-                }
+                self.offer_noting(&m.session, d, half, &mut congested);
             }
             i = j;
         }
@@ -574,6 +566,21 @@ impl Broker {
             Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
         }
         depth
+    }
+
+    /// `offer`, keeping in `fullest` the connected session past `half` with the deepest queue
+    /// (the one a publisher then waits for).
+    fn offer_noting(
+        &self,
+        session: &Arc<Session>,
+        d: Delivery,
+        half: usize,
+        fullest: &mut Option<(usize, Arc<Session>)>,
+    ) {
+        let depth = self.offer(session, d);
+        if depth > half && session.is_connected() && fullest.as_ref().is_none_or(|(f, _)| depth > *f) {
+            *fullest = Some((depth, session.clone()));
+        }
     }
 
     /// Next link sequence number; None (no number, at least once) if storage fails.
@@ -817,20 +824,33 @@ impl Broker {
         self.links.set_override(name, spec);
         if drop_sessions {
             for s in self.sessions() {
-                if s.link_remote().as_deref() != Some(name) {
-                    continue;
-                }
-                let removed = self.lock_sessions().remove(&s.client_id);
-                if let Some(s) = removed {
-                    if let Some(conn) = s.lock().conn.take() {
-                        let _ = conn.kick.try_send(Kick::Admin);
-                    }
-                    self.discard(&s);
+                if s.link_remote().as_deref() == Some(name) && self.end_session(&s.client_id, Kick::Admin) {
                     tracing::info!(client_id = %s.client_id, link = name, "link session ended: the link was deleted or disabled");
                 }
             }
         }
         Ok(true)
+    }
+
+    /// End a session now, connected or not: its connection is kicked with `why`, its routes
+    /// go, a pending will is published. False if there was no such session.
+    fn end_session(&self, client_id: &str, why: Kick) -> bool {
+        let mut sessions = self.lock_sessions();
+        let Some(s) = sessions.remove(client_id) else { return false };
+        self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
+        drop(sessions);
+        let will = {
+            let mut st = s.lock();
+            if let Some(conn) = st.conn.take() {
+                let _ = conn.kick.try_send(why);
+            }
+            st.pending_will.take()
+        };
+        self.discard(&s);
+        if let Some((w, _)) = will {
+            self.publish_will(client_id, w);
+        }
+        true
     }
 
     pub fn set_cluster(&self, c: &Arc<Cluster>) {
@@ -912,21 +932,7 @@ impl Broker {
     ) {
         let Some(meta) = entry else {
             // The session ended (expired, removed, or a non-persistent session disconnected).
-            let mut sessions = self.lock_sessions();
-            let Some(s) = sessions.remove(client_id) else { return };
-            self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
-            drop(sessions);
-            let will = {
-                let mut st = s.lock();
-                if let Some(conn) = st.conn.take() {
-                    let _ = conn.kick.try_send(Kick::TakenOver);
-                }
-                st.pending_will.take()
-            };
-            self.discard(&s);
-            if let Some((w, _)) = will {
-                self.publish_will(client_id, w);
-            }
+            self.end_session(client_id, Kick::TakenOver);
             return;
         };
         let s = {

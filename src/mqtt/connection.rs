@@ -255,36 +255,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut client_id = c.client_id.clone();
         let mut fail = None;
         // Another cluster's link client names its cluster; it must be a configured link.
-        let link_from = c.properties.user_properties.iter().find(|(k, _)| k == LINK_PROPERTY).map(|(_, v)| v.clone());
+        let prop = |k: &str| c.properties.user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let link_from = prop(LINK_PROPERTY).map(str::to_string);
         if c.properties.authentication_method.is_some() {
             fail = Some(reason::BAD_AUTHENTICATION_METHOD);
         } else if self.link_only && link_from.is_none() {
             tracing::info!(peer = %self.peer, "conn.refused: the link listener accepts only cluster-link clients");
             fail = Some(reason::NOT_AUTHORIZED);
-        } else if let Some(remote) = link_from.as_ref().filter(|r| !self.broker.links.accepts(r)) {
-            tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
-            fail = Some(reason::NOT_AUTHORIZED);
-        } else if let Some(remote) =
-            link_from.as_ref().filter(|r| self.broker.cluster().is_some_and(|c| c.cluster_name == **r))
-        {
+        } else if let Some(remote) = link_from.as_deref().filter(|r| *r == self.broker.links.cluster_name()) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: a link from a cluster with this cluster's own name");
             fail = Some(reason::NOT_AUTHORIZED);
-        } else if let Some(target) = link_from.as_ref().and_then(|_| {
-            c.properties
-                .user_properties
-                .iter()
-                .find(|(k, _)| k == LINK_TARGET_PROPERTY)
-                .map(|(_, v)| v.clone())
-                .filter(|t| t != self.broker.links.cluster_name())
-        }) {
+        } else if let Some(remote) = link_from.as_deref().filter(|r| !self.broker.links.accepts(r)) {
+            tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
+            fail = Some(reason::NOT_AUTHORIZED);
+        } else if let Some(target) = link_from
+            .as_ref()
+            .and_then(|_| prop(LINK_TARGET_PROPERTY))
+            .filter(|t| *t != self.broker.links.cluster_name())
+        {
             tracing::warn!(peer = %self.peer, target = %target, me = %self.broker.links.cluster_name(),
                 "conn.refused: a link meant for another cluster");
             fail = Some(reason::NOT_AUTHORIZED);
-        } else if link_from.is_some()
-            && !c.properties.user_properties.iter().any(|(k, v)| k == LINK_VERSION_PROPERTY && v == LINK_VERSION)
-        {
-            let theirs =
-                c.properties.user_properties.iter().find(|(k, _)| k == LINK_VERSION_PROPERTY).map(|(_, v)| v.clone());
+        } else if link_from.is_some() && prop(LINK_VERSION_PROPERTY) != Some(LINK_VERSION) {
+            let theirs = prop(LINK_VERSION_PROPERTY);
             tracing::warn!(peer = %self.peer, theirs = ?theirs, ours = LINK_VERSION, "conn.refused: link protocol version mismatch");
             fail = Some(reason::UNSUPPORTED_PROTOCOL_VERSION);
         } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) || client_id.len() > cfg.max_clientid_len {
@@ -439,7 +432,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             props.server_keep_alive = server_keep_alive;
         }
         if v5 && link_from.is_some() {
-            let prop = |k: &str| c.properties.user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
             tracing::info!(
                 remote = ?link_from,
                 actor = prop(LINK_ACTOR_PROPERTY).unwrap_or("?"),
