@@ -74,6 +74,7 @@ fn client_json(s: &crate::broker::session::Session) -> serde_json::Value {
         "expiry_interval": st.expiry_interval,
         "subscriptions_cnt": st.subscriptions.len(),
         "mqueue_len": st.queue.len(),
+        "mqueue_bytes": st.queue.bytes(),
         "inflight_cnt": st.inflight.len(),
         "awaiting_rel_cnt": st.awaiting_rel.len(),
         "mqueue_dropped": s.dropped.load(std::sync::atomic::Ordering::Relaxed),
@@ -89,10 +90,20 @@ async fn clients(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn client(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.broker.session(&id) {
-        Some(x) => Json(client_json(&x)).into_response(),
-        None => not_found(&id),
+    let Some(x) = s.broker.session(&id) else { return not_found(&id) };
+    let mut v = client_json(&x);
+    v["mqueue_max"] = json!(s.broker.mqtt.max_mqueue_len);
+    v["mqueue_max_bytes"] = json!(s.broker.mqtt.max_mqueue_bytes);
+    if let Some(c) = s.broker.cluster() {
+        // The replicated queue, whichever node serves the session (this may be a stub).
+        let q = c.read(|st| st.sessions.get(&id).map(|e| (e.queue.len(), e.queue_bytes, e.dropped))).await;
+        if let Some((len, bytes, dropped)) = q {
+            v["mqueue_len"] = json!(len);
+            v["mqueue_bytes"] = json!(bytes);
+            v["mqueue_dropped"] = json!(dropped);
+        }
     }
+    Json(v).into_response()
 }
 
 fn not_found(id: &str) -> Response {
@@ -268,6 +279,8 @@ async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
                         "clientid": id,
                         "connected": e.connected,
                         "depth": e.queue.len(),
+                        "bytes": e.queue_bytes,
+                        "dropped": e.dropped,
                         "routes": e.subscriptions.len(),
                     }),
                     None => serde_json::Value::Null,
@@ -282,6 +295,8 @@ async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
                 "clientid": &*x.client_id,
                 "connected": x.is_connected(),
                 "depth": st.queue.len(),
+                "bytes": st.queue.bytes(),
+                "dropped": x.dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "inflight": st.inflight.len(),
                 "routes": st.subscriptions.len(),
             })
@@ -563,6 +578,21 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     if let Some(c) = s.broker.cluster() {
         crate::metrics::render_cluster(&mut body, &c);
     }
-    crate::metrics::render_links(&mut body, &s.broker.links.statuses());
+    let statuses = s.broker.links.statuses();
+    crate::metrics::render_links(&mut body, &statuses);
+    let mut outboxes = Vec::new();
+    for l in &statuses {
+        let o = outbox(&s, l.name()).await;
+        if !o.is_null() {
+            let n = |k: &str| o[k].as_u64().unwrap_or(0);
+            outboxes.push(crate::metrics::Outbox {
+                link: l.name().to_string(),
+                depth: n("depth"),
+                bytes: n("bytes"),
+                dropped: n("dropped"),
+            });
+        }
+    }
+    crate::metrics::render_outboxes(&mut body, &outboxes);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

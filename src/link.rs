@@ -381,56 +381,78 @@ async fn manage(ctx: Ctx) {
 
 async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus>) {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
+    let servers = link.server.len().max(1);
     let mut next_server = 0usize;
+    // Failed attempts since the last connection or backoff: a whole round of the servers is
+    // tried at once, one after the other, before waiting `retry_interval`.
+    let mut failed_in_round = 0usize;
     let mut last_logged: Option<String> = None;
+    let mut leadership = broker.cluster().map(|c| c.raft.leadership());
     loop {
         if cancel.is_cancelled() {
             break;
         }
         if !is_leader(broker) {
             status.set("standby", None, None);
+            // Woken when leadership changes here: no polling while another node holds the link.
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = leadership_changed(&mut leadership) => {}
             }
             continue;
         }
-        if let Some(server) = link.server.get(next_server % link.server.len().max(1)) {
-            let addr = format!("{}:{}", server.host, server.port);
-            status.set("connecting", Some(addr.clone()), None);
-            match run(&link, &ctx, &status, &server.host, server.port).await {
-                Ok(()) => {
-                    status.set("standby", None, None);
-                    last_logged = None;
+        let Some(server) = link.server.get(next_server % servers) else {
+            status.set("error", None, Some("no server configured".into()));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(link.retry_interval) => {}
+            }
+            continue;
+        };
+        let addr = format!("{}:{}", server.host, server.port);
+        status.set("connecting", Some(addr.clone()), None);
+        match run(&link, &ctx, &status, &server.host, server.port).await {
+            Ok(()) => {
+                status.set("standby", None, None);
+                last_logged = None;
+                failed_in_round = 0;
+                continue;
+            }
+            Err((e, was_connected)) => {
+                // Logged once per change of error, not once per retry.
+                if last_logged.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(server = %addr, "link connection: {e}");
+                    last_logged = Some(e.clone());
+                }
+                status.set("disconnected", Some(addr), Some(e));
+                // The next server at once: the one that just failed (or dropped us) is the
+                // least likely to answer now.
+                next_server += 1;
+                failed_in_round = if was_connected { 0 } else { failed_in_round + 1 };
+                if failed_in_round < servers {
                     continue;
                 }
-                Err((e, was_connected)) => {
-                    // Logged once per change of error, not once per retry.
-                    if last_logged.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(server = %addr, "link connection: {e} (retrying every {:?})", link.retry_interval);
-                        last_logged = Some(e.clone());
-                    }
-                    status.set("disconnected", Some(addr), Some(e));
-                    if was_connected {
-                        // It worked a moment ago: try again at once (same server), not after
-                        // the retry interval.
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        }
-                        continue;
-                    }
-                    next_server += 1;
-                }
+                failed_in_round = 0;
             }
-        } else {
-            status.set("error", None, Some("no server configured".into()));
         }
+        // Every server failed in a row: back off, with jitter so that links restarting together
+        // do not retry in step.
+        let jitter = link.retry_interval.mul_f64(rand::random::<f64>() * 0.2);
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(link.retry_interval.max(Duration::from_millis(100))) => {}
+            _ = tokio::time::sleep(link.retry_interval.max(Duration::from_millis(100)) + jitter) => {}
         }
     }
+}
+
+/// Resolves when this node's view of the Raft leadership changes (never without a cluster).
+async fn leadership_changed(l: &mut Option<tokio::sync::watch::Receiver<strait_raft::Leadership>>) {
+    if let Some(l) = l.as_mut() {
+        if l.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The filters this cluster wants from the link: every local subscription (any node, shared
@@ -574,7 +596,7 @@ async fn run(
     let mut connected = false;
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut pending: VecDeque<Inbound> = VecDeque::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut leadership = broker.cluster().map(|c| c.raft.leadership());
     // Recompute the wanted routes only when the router changed (or on connect), and at most
     // every ROUTE_SCAN_EVERY under subscription churn: it walks every session.
     let mut routes_dirty = true;
@@ -631,7 +653,7 @@ async fn run(
                 routes_changed.set(broker.routes_changed.notified());
                 routes_changed.as_mut().enable();
             }
-            _ = tick.tick() => {
+            _ = leadership_changed(&mut leadership) => {
                 if !is_leader(broker) {
                     tracing::info!("link: no longer the leader; handing the link over");
                     break Ok(());

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub messages_out: [AtomicU64; 3],
     pub messages_dropped: AtomicU64,
     pub messages_dropped_qos0_evicted: AtomicU64,
+    pub messages_dropped_oldest: AtomicU64,
     pub messages_expired: AtomicU64,
     pub messages_no_subscribers: AtomicU64,
     pub messages_denied: AtomicU64,
@@ -65,7 +66,7 @@ impl Metrics {
         g(
             &mut s,
             "strait_messages_dropped_total",
-            "Messages dropped by the slow-consumer policy",
+            "Messages dropped: refused by a full session queue (drop_newest), or too large for the queue or the client",
             "counter",
             ld(&self.messages_dropped),
         );
@@ -75,6 +76,13 @@ impl Metrics {
             "Queued QoS 0 messages evicted for QoS>=1",
             "counter",
             ld(&self.messages_dropped_qos0_evicted),
+        );
+        g(
+            &mut s,
+            "strait_messages_dropped_oldest_total",
+            "Queued messages evicted from a full session queue (mqueue_overflow = drop_oldest)",
+            "counter",
+            ld(&self.messages_dropped_oldest),
         );
         g(&mut s, "strait_messages_expired_total", "Messages dropped on expiry", "counter", ld(&self.messages_expired));
         g(
@@ -187,6 +195,36 @@ pub fn render_cluster(s: &mut String, c: &crate::cluster::Cluster) {
 type LinkSeries = (&'static str, &'static str, &'static str, fn(&crate::link::LinkStatus) -> u64);
 
 /// Per-link metrics (labels: link = the remote cluster's name).
+/// What this cluster holds for a remote cluster's link client (its session here).
+pub struct Outbox {
+    pub link: String,
+    pub depth: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+pub fn render_outboxes(s: &mut String, outboxes: &[Outbox]) {
+    if outboxes.is_empty() {
+        return;
+    }
+    type Series = (&'static str, &'static str, &'static str, fn(&Outbox) -> u64);
+    let series: [Series; 3] = [
+        ("strait_link_outbox_messages", "Messages queued here for the remote cluster's link client", "gauge", |o| {
+            o.depth
+        }),
+        ("strait_link_outbox_bytes", "Bytes queued here for the remote cluster's link client", "gauge", |o| o.bytes),
+        ("strait_link_outbox_dropped_total", "Messages dropped from a full outbox (oldest first)", "counter", |o| {
+            o.dropped
+        }),
+    ];
+    for (name, help, kind, f) in series {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for o in outboxes {
+            let _ = writeln!(s, "{name}{{link=\"{}\"}} {}", o.link, f(o));
+        }
+    }
+}
+
 pub fn render_links(s: &mut String, links: &[std::sync::Arc<crate::link::LinkStatus>]) {
     if links.is_empty() {
         return;

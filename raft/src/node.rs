@@ -409,6 +409,13 @@ impl<S: StateMachine> RaftNode<S> {
     }
 }
 
+/// Keeps `tx` up to date, waking only when openraft's metrics say something that matters
+/// changed (role, leader, term, quorum acknowledgement) or when a lease is due to run out.
+///
+/// On a follower, "heard from the leader" lives in openraft's core (`vote_last_modified`), and
+/// asking for it makes the core publish its metrics again. Asking on every metrics change was a
+/// feedback loop that kept idle followers at 100 % CPU; so a follower asks only when its role,
+/// leader or term changed, and when the lease it last saw is about to run out.
 async fn watch_leadership<S: StateMachine>(
     raft: RaftHandle<S>,
     cfg: RaftConfig,
@@ -416,28 +423,57 @@ async fn watch_leadership<S: StateMachine>(
     cancel: CancellationToken,
 ) {
     let mut metrics = raft.metrics();
-    let tick = (cfg.heartbeat / 2).max(Duration::from_millis(5));
     let lease = cfg.lease();
+    // While a follower knows a leader but has no lease, nothing it watches tells it when the
+    // leader's heartbeats come back: it asks again at this pace (only in that state).
+    let retry = (cfg.heartbeat / 2).max(Duration::from_millis(5));
+    let mut last_key = None;
+    // When the follower's lease (as last read) runs out, or when it should ask again.
+    let mut recheck: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = metrics.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep(tick) => {}
-        }
         let (state, leader, term, acked, sole_voter) = {
             let m = metrics.borrow_watched();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
             (m.state, m.current_leader, m.current_term, m.last_quorum_acked, voters == [cfg.id])
         };
+        let key = (state, leader, term);
+        let due = recheck.is_some_and(|t| Instant::now() >= t);
         let lease_ok = match state {
-            ServerState::Leader => sole_voter || acked.map(|t| t.elapsed() < lease).unwrap_or(false),
-            _ if leader.is_some() => {
-                // Heard from an elected leader (a committed vote) within the lease.
-                let heard = raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await;
-                matches!(heard, Ok((true, Some(t))) if t.elapsed() < lease)
+            ServerState::Leader => {
+                recheck = None;
+                let ok = sole_voter || acked.map(|t| t.elapsed() < lease).unwrap_or(false);
+                if ok && !sole_voter {
+                    // Re-evaluated when the quorum acknowledgement would be too old.
+                    let left = acked.map(|t| lease.saturating_sub(t.elapsed())).unwrap_or_default();
+                    recheck = Some(Instant::now() + left + Duration::from_millis(1));
+                }
+                ok
             }
-            _ => false,
+            _ if leader.is_some() => {
+                if last_key != Some(key) || due || recheck.is_none() {
+                    // Heard from an elected leader (a committed vote) within the lease.
+                    let heard =
+                        raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await;
+                    match heard {
+                        Ok((true, Some(t))) if t.elapsed() < lease => {
+                            recheck = Some(Instant::now() + (lease - t.elapsed()) + Duration::from_millis(1));
+                            true
+                        }
+                        _ => {
+                            recheck = Some(Instant::now() + retry);
+                            false
+                        }
+                    }
+                } else {
+                    tx.borrow().lease
+                }
+            }
+            _ => {
+                recheck = None;
+                false
+            }
         };
+        last_key = Some(key);
         let next = Leadership { leader, term, state, lease: lease_ok };
         tx.send_if_modified(|cur| {
             if *cur != next {
@@ -450,6 +486,17 @@ async fn watch_leadership<S: StateMachine>(
                 false
             }
         });
+        let sleep = async {
+            match recheck {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+            _ = sleep => {}
+        }
     }
 }
 

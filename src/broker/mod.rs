@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Acl, AclAction, PasswordFile};
 use crate::cluster::state::{Change, SessionMeta, Snapshot};
 use crate::cluster::{Cluster, Command, Target};
-use crate::config::{Config, MqttConfig};
+use crate::config::{Config, MqttConfig, Overflow};
 use crate::metrics::{inc, Metrics};
 use crate::mqtt::packet::{Protocol, QoS, SubOptions, Will};
 use crate::mqtt::topic;
@@ -27,7 +27,7 @@ use crate::storage::{Storage, StorageError};
 
 use message::{now_ms, Delivery, Message};
 use router::{Router, Subscriber};
-use session::{ConnHandle, Enqueued, Kick, Session, SessionRecord, Subscription};
+use session::{ConnHandle, Enqueued, Kick, QueueBound, Session, SessionRecord, Subscription};
 
 /// Topic prefix reserved for cluster links: no ordinary client may publish or subscribe.
 pub const LINK_PREFIX: &str = "$LINK/";
@@ -62,8 +62,9 @@ pub enum Congestion {
     Session(Arc<Session>),
     /// The data-plane queue to another node past half its bound.
     Peer(Arc<strait_raft::net::peer::PeerSender>),
-    /// A persistent session's replicated queue past half its bound (in a cluster).
-    Durable(String),
+    /// A connected persistent session's replicated queue past half its bound (in a cluster):
+    /// wait until it is at `low` or below, or the session is no longer connected.
+    Durable { client_id: String, low: u32 },
 }
 
 impl Congestion {
@@ -72,17 +73,24 @@ impl Congestion {
         match self {
             Congestion::Session(s) => broker.wait_drained(s, max).await,
             Congestion::Peer(p) => p.wait_drained(max).await,
-            Congestion::Durable(client_id) => {
+            Congestion::Durable { client_id, low } => {
                 let Some(c) = broker.cluster() else { return };
-                let low = broker.mqtt.max_mqueue_len / 4;
-                let deadline = tokio::time::Instant::now() + max;
-                while tokio::time::Instant::now() < deadline {
-                    let depth = c.read(|s| s.sessions.get(client_id).map(|e| e.queue.len()).unwrap_or(0)).await;
-                    if depth <= low {
-                        break;
+                // Re-read when this node's view moves (acks are applied through it): no polling.
+                let mut view = c.view();
+                let _ = tokio::time::timeout(max, async {
+                    loop {
+                        view.borrow_and_update();
+                        let busy = c
+                            .read(|s| {
+                                s.sessions.get(client_id).is_some_and(|e| e.connected && e.queue.len() > *low as usize)
+                            })
+                            .await;
+                        if !busy || view.changed().await.is_err() {
+                            break;
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                })
+                .await;
             }
         }
     }
@@ -116,7 +124,7 @@ impl Deferred {
             Deferred::Offer(s, d) => (s.client_id.to_string(), d),
             Deferred::Forward(_, id, d) => (id.to_string(), d),
         };
-        Target { client_id, qos: d.qos, retain: d.retain, sub_ids: d.sub_ids }
+        Target { client_id, qos: d.qos, retain: d.retain, sub_ids: d.sub_ids, bound: None }
     }
 }
 
@@ -490,11 +498,14 @@ impl Broker {
                 if let Some(c) = &cluster {
                     // QoS>=1 to a persistent session, wherever it lives: through Raft.
                     if d.qos != QoS::AtMostOnce && m.session.lock().is_persistent() {
+                        // A link's outbox has the link's own (larger) bound.
+                        let bound = m.session.link_remote().map(|l| self.outbox_bound(&l));
                         targets.push(Target {
                             client_id: m.session.client_id.to_string(),
                             qos: d.qos,
                             retain: d.retain,
                             sub_ids: d.sub_ids,
+                            bound,
                         });
                         i = j;
                         continue;
@@ -523,11 +534,30 @@ impl Broker {
             if let Some(c) = &cluster {
                 c.metrics.enqueued.fetch_add(targets.len() as u64, Ordering::Relaxed);
             }
-            let limit = self.mqtt.max_mqueue_len.min(u32::MAX as usize) as u32;
-            commands.push(Command::Enqueue { msg: (*msg).clone(), targets, limit });
+            commands.push(Command::Enqueue { msg: (*msg).clone(), targets, bound: self.queue_bound() });
         }
         let congested = congested.map(|(_, s)| Congestion::Session(s)).or(peer_congested.map(Congestion::Peer));
         Published { congested, commands }
+    }
+
+    /// The bound of a session's queue (`mqtt.max_mqueue_len`, `max_mqueue_bytes`,
+    /// `mqueue_overflow`).
+    pub fn queue_bound(&self) -> QueueBound {
+        QueueBound {
+            max_len: self.mqtt.max_mqueue_len.min(u32::MAX as usize) as u32,
+            max_bytes: self.mqtt.max_mqueue_bytes,
+            drop_oldest: self.mqtt.mqueue_overflow == Overflow::DropOldest,
+        }
+    }
+
+    /// The bound of the outbox of cluster `remote`'s link client here (`links[].max_outbox`
+    /// of our link to it; the defaults when we have none).
+    pub fn outbox_bound(&self, remote: &str) -> QueueBound {
+        let (len, bytes) = match self.links.get(remote) {
+            Some(l) => (l.max_outbox, l.max_outbox_bytes),
+            None => (crate::config::DEFAULT_LINK_OUTBOX, crate::config::DEFAULT_LINK_OUTBOX_BYTES),
+        };
+        QueueBound { max_len: len.min(u32::MAX as usize) as u32, max_bytes: bytes, drop_oldest: true }
     }
 
     /// Wait (bounded by `max`) until `session`'s queue is below a quarter of its bound.
@@ -559,11 +589,16 @@ impl Broker {
             // sequence): the receiving cluster dedupes by it, so QoS 2 stays exactly once.
             d.seq = self.next_link_seq();
         }
-        let (outcome, depth) = session.enqueue(d, self.mqtt.max_mqueue_len, self.mqtt.mqueue_store_qos0);
+        let bound = match session.link_remote() {
+            Some(l) => self.outbox_bound(&l),
+            None => self.queue_bound(),
+        };
+        let (outcome, depth) = session.enqueue(d, &bound, self.mqtt.mqueue_store_qos0);
         match outcome {
             Enqueued::Queued => {}
             Enqueued::Dropped => inc(&self.metrics.messages_dropped),
             Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
+            Enqueued::QueuedEvictedOldest => inc(&self.metrics.messages_dropped_oldest),
         }
         depth
     }
@@ -897,11 +932,23 @@ impl Broker {
                     }
                 }
                 Change::Retained { topic, msg } => self.set_retained(topic, msg),
-                Change::Queued { client_id, owner, delivery, .. } => {
+                Change::Queued { client_id, owner, delivery, evicted, .. } => {
                     if owner == me {
                         if let Some(s) = self.session(&client_id) {
+                            if !evicted.is_empty() {
+                                s.evict_durable(&evicted);
+                                self.metrics.messages_dropped_oldest.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+                            }
                             // Durable: bounded by the replicated queue's limit, not dropped here.
                             session_offer_durable(&s, delivery);
+                        }
+                    }
+                }
+                Change::Refused { client_id, owner } => {
+                    if owner == me {
+                        inc(&self.metrics.messages_dropped);
+                        if let Some(s) = self.session(&client_id) {
+                            s.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -1062,7 +1109,8 @@ impl Broker {
 }
 
 fn session_offer_durable(s: &Arc<Session>, d: Delivery) {
-    let _ = s.enqueue(d, usize::MAX, true);
+    let unbounded = QueueBound { max_len: u32::MAX, max_bytes: 0, drop_oldest: false };
+    let _ = s.enqueue(d, &unbounded, true);
 }
 
 /// QoS a broker grants: the requested one capped by `max_qos_allowed`.

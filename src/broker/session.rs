@@ -54,12 +54,107 @@ pub enum Enqueued {
     Dropped,
     /// Queued after evicting the oldest QoS 0 message.
     QueuedEvictedQos0,
+    /// Queued after evicting the oldest message (`mqueue_overflow = drop_oldest`).
+    QueuedEvictedOldest,
+}
+
+/// What a queued delivery counts against a byte bound: topic and payload (what a client
+/// would receive), plus a fixed overhead per message.
+pub fn queued_size(d: &Delivery) -> u64 {
+    (d.msg.topic.len() + d.msg.payload.len() + 64) as u64
+}
+
+/// The bound of a session's replicated queue and what happens to a message that finds it full.
+/// Applies to offline and online sessions alike; an online one is also throttled (its
+/// publishers wait) once past half, so it rarely reaches the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueBound {
+    pub max_len: u32,
+    /// 0: no byte bound.
+    pub max_bytes: u64,
+    /// Full: evict the oldest message (true) or refuse the new one (false).
+    pub drop_oldest: bool,
+}
+
+/// One durable delivery target of a message.
+/// A session's outbound queue, with its size in bytes (`queued_size`) kept as it changes.
+#[derive(Debug, Default)]
+pub struct Mqueue {
+    items: VecDeque<Delivery>,
+    bytes: u64,
+}
+
+impl Mqueue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn front(&self) -> Option<&Delivery> {
+        self.items.front()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+
+    pub fn push_back(&mut self, d: Delivery) {
+        self.bytes += queued_size(&d);
+        self.items.push_back(d);
+    }
+
+    pub fn push_front(&mut self, d: Delivery) {
+        self.bytes += queued_size(&d);
+        self.items.push_front(d);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.items.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(queued_size(&d));
+        Some(d)
+    }
+
+    pub fn remove(&mut self, pos: usize) -> Option<Delivery> {
+        let d = self.items.remove(pos)?;
+        self.bytes = self.bytes.saturating_sub(queued_size(&d));
+        Some(d)
+    }
+
+    /// Remove the deliveries whose replicated sequence number is in `seqs`; how many.
+    pub fn remove_seqs(&mut self, seqs: &[u64]) -> usize {
+        let before = self.items.len();
+        self.items.retain(|d| !d.seq.is_some_and(|q| seqs.contains(&q)));
+        self.bytes = self.items.iter().map(queued_size).sum();
+        before - self.items.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
+impl FromIterator<Delivery> for Mqueue {
+    fn from_iter<I: IntoIterator<Item = Delivery>>(iter: I) -> Self {
+        let mut q = Mqueue::default();
+        for d in iter {
+            q.push_back(d);
+        }
+        q
+    }
 }
 
 pub struct SessionState {
     pub protocol: Protocol,
     pub subscriptions: HashMap<String, Subscription>,
-    pub queue: VecDeque<Delivery>,
+    pub queue: Mqueue,
     pub inflight: BTreeMap<u16, Inflight>,
     /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
     pub awaiting_rel: HashSet<u16>,
@@ -109,7 +204,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 protocol,
                 subscriptions: HashMap::new(),
-                queue: VecDeque::new(),
+                queue: Mqueue::default(),
                 inflight: BTreeMap::new(),
                 awaiting_rel: HashSet::new(),
                 next_pkid: 1,
@@ -157,43 +252,70 @@ impl Session {
         self.connected.store(v, Ordering::Release);
     }
 
-    /// Offer a delivery under the slow-consumer policy: at most `limit` queued messages; when
-    /// full, QoS 0 goes first (a new QoS 0 is dropped, a new QoS≥1 evicts the oldest QoS 0),
-    /// and a QoS≥1 message that finds no QoS 0 to evict is dropped. QoS 0 for an offline
-    /// session is kept only when `store_qos0`.
-    pub fn enqueue(&self, d: Delivery, limit: usize, store_qos0: bool) -> (Enqueued, usize) {
-        let (outcome, depth) = {
+    /// Offer a delivery under the queue's bound: at most `bound.max_len` messages and
+    /// `bound.max_bytes` bytes. When full, QoS 0 goes first (a new QoS 0 is dropped, a new
+    /// QoS≥1 evicts the oldest QoS 0); then, by `bound.drop_oldest`, the oldest messages are
+    /// evicted or the new one is dropped. QoS 0 for an offline session is kept only when
+    /// `store_qos0`. Returns the outcome and the depth after it.
+    pub fn enqueue(&self, d: Delivery, bound: &QueueBound, store_qos0: bool) -> (Enqueued, usize) {
+        let (outcome, depth, evicted) = {
             let mut st = self.lock();
             let online = st.conn.is_some();
-            let outcome = if d.qos == QoS::AtMostOnce && !online && !store_qos0 {
-                Enqueued::Dropped
-            } else if st.queue.len() < limit {
-                st.queue.push_back(d);
-                st.dirty = true;
-                Enqueued::Queued
-            } else if d.qos == QoS::AtMostOnce {
-                Enqueued::Dropped
-            } else if let Some(pos) = st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
-                st.queue.remove(pos);
-                st.queue.push_back(d);
-                st.dirty = true;
-                Enqueued::QueuedEvictedQos0
-            } else {
-                Enqueued::Dropped
+            let size = queued_size(&d);
+            let fits = bound.max_len > 0 && (bound.max_bytes == 0 || size <= bound.max_bytes);
+            let full = |q: &Mqueue| {
+                q.len() >= bound.max_len as usize || (bound.max_bytes > 0 && q.bytes() + size > bound.max_bytes)
             };
-            (outcome, st.queue.len())
+            let mut evicted = 0u64;
+            let outcome = if (d.qos == QoS::AtMostOnce && !online && !store_qos0) || !fits {
+                Enqueued::Dropped
+            } else if !full(&st.queue) {
+                st.queue.push_back(d);
+                Enqueued::Queued
+            } else if d.qos == QoS::AtMostOnce && !bound.drop_oldest {
+                Enqueued::Dropped
+            } else {
+                let mut outcome = Enqueued::Dropped;
+                // QoS 0 goes first, oldest first.
+                while full(&st.queue) {
+                    let Some(pos) = st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else { break };
+                    st.queue.remove(pos);
+                    evicted += 1;
+                    outcome = Enqueued::QueuedEvictedQos0;
+                }
+                if bound.drop_oldest {
+                    while full(&st.queue) && st.queue.pop_front().is_some() {
+                        evicted += 1;
+                        outcome = Enqueued::QueuedEvictedOldest;
+                    }
+                }
+                if full(&st.queue) {
+                    Enqueued::Dropped
+                } else {
+                    st.queue.push_back(d);
+                    outcome
+                }
+            };
+            if outcome != Enqueued::Dropped {
+                st.dirty = true;
+            }
+            (outcome, st.queue.len(), evicted)
         };
-        match outcome {
-            Enqueued::Dropped => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Enqueued::QueuedEvictedQos0 => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.notify.notify_one();
-            }
-            Enqueued::Queued => self.notify.notify_one(),
+        let lost = evicted + u64::from(outcome == Enqueued::Dropped);
+        if lost > 0 {
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
+        if outcome != Enqueued::Dropped {
+            self.notify.notify_one();
         }
         (outcome, depth)
+    }
+
+    /// In a cluster, on the owner node: durable deliveries the replicated queue evicted
+    /// (drop-oldest) leave the local queue too, unless already sent.
+    pub fn evict_durable(&self, seqs: &[u64]) {
+        self.lock().queue.remove_seqs(seqs);
+        self.dropped.fetch_add(seqs.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -201,6 +201,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// How far this node's view has applied the log (changes whenever a batch is applied).
+    pub fn view(&self) -> watch::Receiver<u64> {
+        self.view.clone()
+    }
+
     pub fn leadership(&self) -> Leadership {
         self.raft.leadership().borrow().clone()
     }

@@ -15,10 +15,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::broker::message::{Delivery, Message};
 use crate::broker::session::Subscription;
+pub use crate::broker::session::{queued_size, QueueBound};
 use crate::mqtt::packet::{Protocol, QoS, Will};
 
 /// Format of `Command`s and snapshots (behind strait-raft's own version byte).
-pub const STATE_FORMAT: u8 = 2;
+pub const STATE_FORMAT: u8 = 3;
 
 /// Seqs of a link's messages remembered for deduplication beyond the floor.
 /// Twice the largest link window (`links[].max_inflight` <= 4096): a redelivery after a
@@ -53,21 +54,31 @@ pub struct SessionEntry {
     pub subscriptions: BTreeMap<String, Subscription>,
     /// Durable QoS>=1 deliveries not yet acknowledged by the client, by sequence number.
     pub queue: BTreeMap<u64, Delivery>,
+    /// Messages this session's queue bound made us drop (oldest evicted or newest refused).
+    pub dropped: u64,
+    /// Bytes in `queue` (by `queued_size`); derived, recomputed on restore.
+    #[serde(skip)]
+    pub queue_bytes: u64,
 }
 
 impl SessionEntry {
     pub fn persistent(&self) -> bool {
         self.expiry_interval > 0
     }
+
+    fn recount(&mut self) {
+        self.queue_bytes = self.queue.values().map(queued_size).sum();
+    }
 }
 
-/// One durable delivery target of a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     pub client_id: String,
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: Vec<u32>,
+    /// For `Enqueue`: this target's own bound (a link's outbox), instead of the command's.
+    pub bound: Option<QueueBound>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,12 +121,13 @@ pub enum Command {
     Retain {
         msg: Message,
     },
-    /// A QoS>=1 message for persistent sessions: committed before the publisher's ack. A
-    /// session whose queue already holds `limit` messages does not get it (slow consumer).
+    /// A QoS>=1 message for persistent sessions: committed before the publisher's ack. Each
+    /// target's queue is bounded by `bound` (or the target's own): when full, the oldest
+    /// message is evicted or the new one refused, and counted in the session's `dropped`.
     Enqueue {
         msg: Message,
         targets: Vec<Target>,
-        limit: u32,
+        bound: QueueBound,
     },
     /// The client completed these deliveries.
     Ack {
@@ -187,10 +199,12 @@ pub enum Outcome {
     Orphaned {
         wills: Vec<(String, Will)>,
     },
-    /// A durable message was queued; the fullest target queue before it (client id, length),
-    /// for the publisher's flow control.
+    /// A durable message was queued. `congested`: the connected target whose queue is the
+    /// fullest past half its bound (client id, the depth to wait for): the publisher waits
+    /// until it drains (flow control for a reading consumer; an offline one never slows
+    /// anybody, its bound drops instead).
     Enqueued {
-        fullest: Option<(String, u32)>,
+        congested: Option<(String, u32)>,
     },
     /// A message over a link already applied: nothing happened.
     Duplicate,
@@ -230,6 +244,13 @@ pub enum Change {
         owner: u64,
         seq: u64,
         delivery: Delivery,
+        /// Older messages evicted to make room (drop-oldest policy).
+        evicted: Vec<u64>,
+    },
+    /// A message refused by a full queue (drop-newest policy, or larger than the byte bound).
+    Refused {
+        client_id: String,
+        owner: u64,
     },
     Nodes(BTreeMap<u64, NodeInfo>),
     /// The API's link changes (name -> JSON spec, None = deleted), all of them.
@@ -358,6 +379,8 @@ impl ClusterState {
                             link: None,
                             subscriptions: BTreeMap::new(),
                             queue: BTreeMap::new(),
+                            dropped: 0,
+                            queue_bytes: 0,
                         },
                     ),
                 };
@@ -425,31 +448,58 @@ impl ClusterState {
                 }
                 Outcome::Done
             }
-            Command::Enqueue { msg, targets, limit } => {
+            Command::Enqueue { msg, targets, bound } => {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let msg = Arc::new(msg);
-                let mut fullest: Option<(String, u32)> = None;
+                // The connected target fullest relative to its bound, past half of it.
+                let mut congested: Option<(String, u32, u64)> = None;
                 for t in targets {
                     let Some(e) = s.sessions.get_mut(&t.client_id) else { continue };
-                    let depth = e.queue.len() as u32;
-                    if fullest.as_ref().is_none_or(|(_, d)| depth > *d) {
-                        fullest = Some((t.client_id.clone(), depth));
-                    }
-                    if !e.persistent() || e.queue.len() >= limit as usize {
+                    if !e.persistent() {
                         continue;
                     }
+                    let b = t.bound.unwrap_or(bound);
                     let delivery =
                         Delivery { msg: msg.clone(), qos: t.qos, retain: t.retain, sub_ids: t.sub_ids, seq: Some(seq) };
+                    let size = queued_size(&delivery);
+                    let full = |e: &SessionEntry| {
+                        e.queue.len() >= b.max_len as usize || (b.max_bytes > 0 && e.queue_bytes + size > b.max_bytes)
+                    };
+                    let fits = b.max_len > 0 && (b.max_bytes == 0 || size <= b.max_bytes);
+                    let mut evicted = Vec::new();
+                    if fits && b.drop_oldest {
+                        while full(e) {
+                            let Some((k, old)) = e.queue.pop_first() else { break };
+                            e.queue_bytes = e.queue_bytes.saturating_sub(queued_size(&old));
+                            evicted.push(k);
+                        }
+                    }
+                    if !fits || full(e) {
+                        e.dropped += 1;
+                        out.push(Change::Refused { client_id: t.client_id, owner: e.owner });
+                        continue;
+                    }
+                    e.dropped += evicted.len() as u64;
+                    e.queue_bytes += size;
                     e.queue.insert(seq, delivery.clone());
-                    out.push(Change::Queued { client_id: t.client_id, owner: e.owner, seq, delivery });
+                    if e.connected {
+                        // Depth relative to the bound, in thousandths.
+                        let fill = (e.queue.len() as u64 * 1000) / u64::from(b.max_len.max(1));
+                        if fill > 500 && congested.as_ref().is_none_or(|(_, _, f)| fill > *f) {
+                            congested = Some((t.client_id.clone(), b.max_len / 4, fill));
+                        }
+                    }
+                    out.push(Change::Queued { client_id: t.client_id, owner: e.owner, seq, delivery, evicted });
                 }
-                Outcome::Enqueued { fullest }
+                Outcome::Enqueued { congested: congested.map(|(c, low, _)| (c, low)) }
             }
             Command::Ack { client_id, seqs } => {
                 if let Some(e) = s.sessions.get_mut(&client_id) {
                     for q in seqs {
-                        e.queue.remove(&q);
+                        if let Some(d) = e.queue.remove(&q) {
+                            e.queue_bytes = e.queue_bytes.saturating_sub(queued_size(&d));
+                        }
                     }
                 }
                 Outcome::Done
@@ -586,6 +636,9 @@ impl strait_raft::StateMachine for ClusterState {
             None => return Err("cluster state snapshot: empty".into()),
         };
         self.s = s;
+        for e in self.s.sessions.values_mut() {
+            e.recount();
+        }
         self.emit(self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]);
         Ok(())
     }
@@ -595,6 +648,7 @@ impl strait_raft::StateMachine for ClusterState {
 mod tests {
     use super::*;
     use crate::mqtt::packet::{Properties, Protocol};
+    use strait_raft::StateMachine;
 
     fn msg(topic: &str) -> Message {
         Message {
@@ -641,6 +695,95 @@ mod tests {
         }
     }
 
+    fn target(id: &str) -> Target {
+        Target { client_id: id.into(), qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], bound: None }
+    }
+
+    fn persistent(st: &mut ClusterState, id: &str, node: u64) {
+        st.apply_one(Command::Connect {
+            client_id: id.into(),
+            node,
+            protocol: Protocol::V5,
+            clean_start: true,
+            expiry_interval: 600,
+            will: None,
+            link: None,
+        });
+    }
+
+    fn queued(st: &ClusterState, id: &str) -> Vec<u64> {
+        st.s.sessions[id].queue.keys().copied().collect()
+    }
+
+    #[test]
+    fn a_full_offline_queue_drops_by_its_policy_and_never_congests() {
+        let mut st = ClusterState::default();
+        persistent(&mut st, "old", 1);
+        persistent(&mut st, "new", 1);
+        for id in ["old", "new"] {
+            st.apply_one(Command::Disconnect { client_id: id.into(), epoch: 1, at_ms: 0, expiry_interval: 600 });
+        }
+        let send = |st: &mut ClusterState, drop_oldest: bool| {
+            let b = QueueBound { max_len: 3, max_bytes: 0, drop_oldest };
+            let (o, _) = st.apply_one(Command::Enqueue {
+                msg: msg("t"),
+                targets: vec![Target { bound: Some(b), ..target(if drop_oldest { "old" } else { "new" }) }],
+                bound: QueueBound { max_len: 1000, max_bytes: 0, drop_oldest: true },
+            });
+            assert!(matches!(o, Outcome::Enqueued { congested: None }), "an offline session never congests: {o:?}");
+        };
+        for _ in 0..5 {
+            send(&mut st, true);
+            send(&mut st, false);
+        }
+        // Seqs 0..10 alternate between the two sessions: "old" got 0,2,4,6,8; "new" 1,3,5,7,9.
+        assert_eq!(queued(&st, "old"), vec![4, 6, 8], "drop-oldest keeps the newest three");
+        assert_eq!(queued(&st, "new"), vec![1, 3, 5], "drop-newest keeps the first three");
+        assert_eq!(st.s.sessions["old"].dropped, 2);
+        assert_eq!(st.s.sessions["new"].dropped, 2);
+    }
+
+    #[test]
+    fn a_byte_bound_evicts_and_is_recounted_after_acks_and_restore() {
+        let mut st = ClusterState::default();
+        persistent(&mut st, "s", 1);
+        let one = queued_size(&Delivery {
+            msg: Arc::new(msg("t")),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![],
+            seq: None,
+        });
+        let b = QueueBound { max_len: 1000, max_bytes: one * 2, drop_oldest: true };
+        for _ in 0..4 {
+            st.apply_one(Command::Enqueue { msg: msg("t"), targets: vec![target("s")], bound: b });
+        }
+        assert_eq!(queued(&st, "s"), vec![2, 3]);
+        assert_eq!(st.s.sessions["s"].queue_bytes, one * 2);
+        st.apply_one(Command::Ack { client_id: "s".into(), seqs: vec![2] });
+        assert_eq!(st.s.sessions["s"].queue_bytes, one);
+        let mut copy = ClusterState::default();
+        copy.restore(&st.snapshot()).expect("restore");
+        assert_eq!(copy.s.sessions["s"].queue_bytes, one, "derived byte count rebuilt on restore");
+        assert_eq!(copy.s.sessions["s"].dropped, 2);
+    }
+
+    #[test]
+    fn a_connected_session_past_half_its_bound_congests_the_publisher() {
+        let mut st = ClusterState::default();
+        persistent(&mut st, "s", 1);
+        let b = QueueBound { max_len: 8, max_bytes: 0, drop_oldest: true };
+        let mut last = None;
+        for _ in 0..5 {
+            let (o, _) = st.apply_one(Command::Enqueue { msg: msg("t"), targets: vec![target("s")], bound: b });
+            last = Some(o);
+        }
+        match last {
+            Some(Outcome::Enqueued { congested: Some((id, low)) }) => assert_eq!((id.as_str(), low), ("s", 2)),
+            other => panic!("expected congestion, got {other:?}"),
+        }
+    }
+
     #[test]
     fn from_link_applies_once_per_sequence_number_and_reset_starts_over() {
         let mut st = ClusterState::default();
@@ -656,8 +799,8 @@ mod tests {
         st.apply_one(connect);
         let enqueue = || Command::Enqueue {
             msg: msg("linked/1"),
-            targets: vec![Target { client_id: "sub".into(), qos: QoS::ExactlyOnce, retain: false, sub_ids: vec![] }],
-            limit: 100,
+            targets: vec![target("sub")],
+            bound: QueueBound { max_len: 100, max_bytes: 0, drop_oldest: true },
         };
         let from = |seq| Command::FromLink { link: "eu".into(), seq, cmds: vec![enqueue()] };
         assert!(matches!(st.apply_one(from(7)).0, Outcome::Enqueued { .. }));

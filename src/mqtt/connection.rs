@@ -616,14 +616,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     tracing::info!(peer = %self.peer, error = %e, "publish not committed");
                     return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
                 }
-                // A persistent subscriber's replicated queue past half its bound: this
-                // publisher waits before reading on (flow control instead of drops).
-                let half = (self.broker.mqtt.max_mqueue_len / 2) as u32;
+                // A connected persistent subscriber's replicated queue past half its bound:
+                // this publisher waits before reading on (flow control for a slow reader; an
+                // offline session never congests, its queue bound drops instead).
                 if let Ok(rs) = &r {
                     for resp in rs {
-                        if let crate::cluster::Outcome::Enqueued { fullest: Some((cid, depth)) } = &resp.outcome {
-                            if *depth > half && live.throttle.is_none() && **cid != *live.client_id {
-                                live.throttle = Some(crate::broker::Congestion::Durable(cid.clone()));
+                        if let crate::cluster::Outcome::Enqueued { congested: Some((cid, low)) } = &resp.outcome {
+                            if live.throttle.is_none() && **cid != *live.client_id {
+                                live.throttle =
+                                    Some(crate::broker::Congestion::Durable { client_id: cid.clone(), low: *low });
                             }
                         }
                     }
