@@ -62,13 +62,25 @@ fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
 
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
-        let db = sled::Config::new()
+        let cfg = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(200))
             // (1 GiB by default; sessions and retained messages are also held in memory.)
-            .cache_capacity(32 * 1024 * 1024)
-            .open()
-            .map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?;
+            .cache_capacity(32 * 1024 * 1024);
+        // A store closed a moment ago can still be locked by sled's flusher thread (it wakes
+        // every 200 ms): a quick restart waits for it, briefly. Another live process holding
+        // it is still refused after that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match cfg.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?,
+            }
+        };
         let sessions = db.open_tree("sessions")?;
         let retained = db.open_tree("retained")?;
         Ok(Storage { db, sessions, retained })

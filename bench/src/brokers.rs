@@ -42,6 +42,50 @@ pub struct Binaries {
     pub strait: PathBuf,
     pub mosquitto: PathBuf,
     pub rumqttd: PathBuf,
+    pub profile: Profile,
+}
+
+/// The settings the brokers run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Strait with the defaults of the shipped `config/` examples (nothing tuned: 32 in
+    /// flight, queues of 1,000, heartbeat 100 ms); mosquitto with its own defaults.
+    Shipped,
+    /// Every broker with `INFLIGHT` and `QUEUE` (the first wave's figures).
+    Tuned,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> anyhow::Result<Profile> {
+        match s {
+            "shipped" => Ok(Profile::Shipped),
+            "tuned" => Ok(Profile::Tuned),
+            other => bail!("unknown profile {other:?} (shipped, tuned)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Shipped => "shipped",
+            Profile::Tuned => "tuned",
+        }
+    }
+
+    /// Strait's `mqtt { ... }` line.
+    fn strait_mqtt(self) -> String {
+        match self {
+            Profile::Shipped => String::new(),
+            Profile::Tuned => format!("mqtt {{ max_inflight = {INFLIGHT}, max_mqueue_len = {QUEUE} }}\n"),
+        }
+    }
+
+    /// mosquitto's queue settings.
+    fn mosquitto_queues(self) -> String {
+        match self {
+            Profile::Shipped => String::new(),
+            Profile::Tuned => format!("max_inflight_messages {INFLIGHT}\nmax_queued_messages {QUEUE}\n"),
+        }
+    }
 }
 
 impl Binaries {
@@ -230,9 +274,10 @@ pub fn single(kind: Kind, bins: &Binaries) -> anyhow::Result<Deployment> {
                 "node {{ name = \"bench@127.0.0.1\", data_dir = \"{data}\" }}\n\
                  listeners.tcp.default {{ bind = \"127.0.0.1:{port}\", max_connections = 200000 }}\n\
                  api.bind = \"127.0.0.1:{api_port}\"\n\
-                 mqtt {{ max_inflight = {INFLIGHT}, max_mqueue_len = {QUEUE} }}\n\
+                 {mqtt}\
                  log.level = warn\n",
-                data = dir.join("data").display()
+                data = dir.join("data").display(),
+                mqtt = bins.profile.strait_mqtt(),
             );
             let f = dir.join("strait.hocon");
             std::fs::write(&f, cfg)?;
@@ -240,7 +285,7 @@ pub fn single(kind: Kind, bins: &Binaries) -> anyhow::Result<Deployment> {
         }
         Kind::Mosquitto => {
             let f = dir.join("mosquitto.conf");
-            std::fs::write(&f, mosquitto_conf(port, ""))?;
+            std::fs::write(&f, mosquitto_conf(port, &bins.profile.mosquitto_queues()))?;
             spawn(&bins.mosquitto, &["-c", &f.to_string_lossy()], &dir, "mosquitto")?
         }
         Kind::Rumqttd => {
@@ -255,8 +300,8 @@ pub fn single(kind: Kind, bins: &Binaries) -> anyhow::Result<Deployment> {
 
 fn mosquitto_conf(port: u16, extra: &str) -> String {
     format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {INFLIGHT}\n\
-         max_queued_messages {QUEUE}\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\n\
+        "listener {port} 127.0.0.1\nallow_anonymous true\n\
+         persistence false\nset_tcp_nodelay true\nlog_dest stderr\n\
          log_type error\nlog_type warning\n{extra}"
     )
 }
@@ -295,13 +340,14 @@ fn strait_cluster(
         let cfg = format!(
             "node {{ name = \"n{id}@127.0.0.1\", data_dir = \"{data}\" }}\n\
              cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 50ms, election_timeout = 300ms }}\n\
+               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 100ms, election_timeout = 300ms }}\n\
                links = {links}\n}}\n\
              listeners.tcp.default {{ bind = \"127.0.0.1:{mqtt}\", max_connections = 200000 }}\n\
              listeners.tcp.clink {{ bind = \"127.0.0.1:{clink}\" }}\n\
              api.bind = \"127.0.0.1:{api}\"\n\
-             mqtt {{ max_inflight = {INFLIGHT}, max_mqueue_len = {QUEUE} }}\n\
+             {tuning}\
              log.level = warn\n",
+            tuning = bins.profile.strait_mqtt(),
             id = i + 1,
             data = dir.join(format!("{cluster}-n{}", i + 1)).display(),
             seeds = seeds.join(", "),
@@ -387,12 +433,13 @@ pub fn linked(kind: Kind, bins: &Binaries, nodes_per_region: usize) -> anyhow::R
             let pb = free_port()?;
             let fa = dir.join("a.conf");
             let fb = dir.join("b.conf");
-            std::fs::write(&fa, mosquitto_conf(pa, ""))?;
+            let queues = bins.profile.mosquitto_queues();
+            std::fs::write(&fa, mosquitto_conf(pa, &queues))?;
             let bridge = format!(
                 "connection to-a\naddress 127.0.0.1:{pa}\ntopic linked/# both 1\ncleansession false\n\
                  clientid bridge-b\ntry_private true\nrestart_timeout 1\n"
             );
-            std::fs::write(&fb, mosquitto_conf(pb, &bridge))?;
+            std::fs::write(&fb, mosquitto_conf(pb, &format!("{queues}{bridge}")))?;
             let mut pa_proc = spawn(&bins.mosquitto, &["-c", &fa.to_string_lossy()], &dir, "mosquitto-a")?;
             wait_listening(&mut pa_proc, loopback(pa), Duration::from_secs(10))?;
             let mut pb_proc = spawn(&bins.mosquitto, &["-c", &fb.to_string_lossy()], &dir, "mosquitto-b")?;

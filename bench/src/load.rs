@@ -46,6 +46,9 @@ pub struct Flow {
     pub idle_timeout: Duration,
     /// Give up after this long in all.
     pub max_time: Duration,
+    /// Subscribers with persistent sessions (clean session off), client ids `bench-{tag}-N`;
+    /// they stay behind, offline, when the flow ends.
+    pub persistent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -77,9 +80,13 @@ fn qos(q: u8) -> QoS {
 }
 
 fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+    options_clean(id, addr, true)
+}
+
+fn options_clean(id: &str, addr: SocketAddr, clean: bool) -> MqttOptions {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
-    o.set_clean_session(true);
+    o.set_clean_session(clean);
     o.set_inflight(crate::brokers::INFLIGHT as u16);
     o.set_max_packet_size(2 << 20, 2 << 20);
     o
@@ -113,7 +120,17 @@ pub async fn subscriber(
     filters: &[String],
     q: u8,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let (client, mut el) = AsyncClient::new(options(id, addr), 64);
+    subscriber_clean(id, addr, filters, q, true).await
+}
+
+async fn subscriber_clean(
+    id: &str,
+    addr: SocketAddr,
+    filters: &[String],
+    q: u8,
+    clean: bool,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let (client, mut el) = AsyncClient::new(options_clean(id, addr, clean), 64);
     for f in filters {
         client.subscribe(f.clone(), qos(q)).await?;
     }
@@ -293,7 +310,10 @@ pub async fn run(flow: &Flow) -> anyhow::Result<Outcome> {
             Wiring::FanOut => vec![format!("{}/+", flow.prefix)],
         };
         let addr = flow.sub_addrs[s % flow.sub_addrs.len()];
-        let (c, el) = subscriber(&format!("bench-sub-{s}"), addr, &filters, flow.qos).await?;
+        let (c, el) = match &flow.persistent {
+            None => subscriber(&format!("bench-sub-{s}"), addr, &filters, flow.qos).await?,
+            Some(tag) => subscriber_clean(&format!("bench-{tag}-{s}"), addr, &filters, flow.qos, false).await?,
+        };
         clients.push(c);
         subs.push(tokio::spawn(run_subscriber(el, base, flow.pubs, flow.count, progress.clone(), stop_rx.clone())));
     }

@@ -39,6 +39,10 @@ struct Cli {
     mosquitto: PathBuf,
     #[arg(long, default_value = "rumqttd")]
     rumqttd: PathBuf,
+    /// Broker settings: `shipped` (Strait's defaults, as the config/ examples ship; the
+    /// product's figures) or `tuned` (every broker with 100 in flight and 100,000 queued).
+    #[arg(long, default_value = "shipped")]
+    profile: String,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -111,6 +115,7 @@ fn run(cli: Cli, all: Vec<scenarios::Scenario>) -> anyhow::Result<ExitCode> {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/rumqttd")).filter(|p| p.is_file())
             })
             .unwrap_or(cli.rumqttd.clone()),
+        profile: brokers::Profile::parse(&cli.profile)?,
     };
     let mut kinds = Vec::new();
     for b in cli.brokers.split(',').filter(|s| !s.is_empty()) {
@@ -172,7 +177,7 @@ fn run(cli: Cli, all: Vec<scenarios::Scenario>) -> anyhow::Result<ExitCode> {
     }
     let machine = report::machine();
     std::fs::create_dir_all(&cli.out)?;
-    let json = serde_json::json!({ "machine": machine, "versions": versions, "smoke": cli.smoke, "rows": rows });
+    let json = serde_json::json!({ "machine": machine, "versions": versions, "smoke": cli.smoke, "profile": bins.profile.name(), "rows": rows });
     std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
     let md = report::markdown(&chosen, &rows, &machine, &versions);
     std::fs::write(cli.out.join("results.md"), &md)?;

@@ -13,10 +13,12 @@ use crate::scenarios::{Row, Scenario, What};
 /// which figure it is.
 pub fn main_figure(s: &Scenario) -> (&'static str, bool) {
     match s.what {
-        What::Flow { rate: None, .. } | What::Cluster { rate: None, .. } | What::Link { rate: None, .. } => {
-            ("msgs/s", true)
-        }
-        What::Flow { .. } | What::Cluster { .. } | What::Link { .. } => ("p99 ms", false),
+        What::Flow { rate: None, .. }
+        | What::Cluster { rate: None, .. }
+        | What::Link { rate: None, .. }
+        | What::Persistent { rate: None, .. } => ("msgs/s", true),
+        What::Flow { .. } | What::Cluster { .. } | What::Link { .. } | What::Persistent { .. } => ("p99 ms", false),
+        What::ClusterIdle { .. } => ("max node CPU %", false),
         What::Idle { .. } => ("KiB/conn", false),
         What::ConnRate { .. } => ("conns/s", true),
         What::Propagation { .. } | What::Failover { .. } => ("p50 ms", false),
@@ -30,6 +32,7 @@ pub fn figure(row: &Row, which: &str) -> f64 {
         "p50 ms" => row.p50_ms,
         "KiB/conn" => row.extra.get("kib_per_conn").copied().unwrap_or(0.0),
         "conns/s" => row.extra.get("conns_per_s").copied().unwrap_or(0.0),
+        "max node CPU %" => row.extra.get("max_node_cpu_pct").copied().unwrap_or(0.0),
         _ => 0.0,
     }
 }

@@ -61,6 +61,17 @@ pub enum What {
         count: u64,
         rate: Option<u64>,
     },
+    /// 3-node Strait cluster doing nothing: CPU of each node over `secs`.
+    ClusterIdle {
+        secs: u64,
+    },
+    /// 3-node Strait: a persistent subscriber on node 2, publisher on node 1, `runs` times in
+    /// a row on the same topic; each run's subscriber stays behind, offline (as devices do).
+    Persistent {
+        count: u64,
+        rate: Option<u64>,
+        runs: usize,
+    },
     /// Two regions (Strait linked / mosquitto bridged): publish in A, subscribe in B.
     Link {
         qos: u8,
@@ -159,6 +170,24 @@ pub fn all(scale: u64) -> Vec<Scenario> {
             name: "cluster-latency-2k",
             about: "3-node Strait: node 1 → node 2, QoS 1 at 2,000 msg/s",
             what: What::Cluster { qos: 1, count: n(40_000), rate: Some(2000) },
+            brokers: STRAIT,
+        },
+        Scenario {
+            name: "cluster-idle",
+            about: "3-node Strait doing nothing: CPU per node (% of a core)",
+            what: What::ClusterIdle { secs: (10 / scale).max(2) },
+            brokers: STRAIT,
+        },
+        Scenario {
+            name: "cluster-persistent",
+            about: "3-node Strait: node 1 → persistent subscriber on node 2, QoS 1, max rate, 3 runs (earlier subscribers left offline)",
+            what: What::Persistent { count: n(50_000), rate: None, runs: 3 },
+            brokers: STRAIT,
+        },
+        Scenario {
+            name: "cluster-persistent-latency-2k",
+            about: "3-node Strait: node 1 → persistent subscriber on node 2, QoS 1 at 2,000 msg/s, 3 runs",
+            what: What::Persistent { count: n(20_000), rate: Some(2000), runs: 3 },
             brokers: STRAIT,
         },
         Scenario {
@@ -264,6 +293,7 @@ fn flow_of(pubs: usize, subs: usize, wiring: Wiring, qos: u8, payload: usize, co
         prefix: "bench".into(),
         idle_timeout: Duration::from_secs(10),
         max_time: Duration::from_secs(120),
+        persistent: None,
     }
 }
 
@@ -282,7 +312,9 @@ pub async fn run(s: &Scenario, kind: Kind, bins: &Binaries) -> Row {
 
 async fn run_inner(s: &Scenario, kind: Kind, bins: &Binaries, row: &mut Row) -> anyhow::Result<()> {
     let mut dep: Deployment = match s.what {
-        What::Cluster { .. } | What::Failover { .. } if kind == Kind::Strait => {
+        What::Cluster { .. } | What::ClusterIdle { .. } | What::Persistent { .. } | What::Failover { .. }
+            if kind == Kind::Strait =>
+        {
             if let What::Failover { .. } = s.what {
                 brokers::linked(kind, bins, 3)?
             } else {
@@ -312,6 +344,38 @@ async fn run_inner(s: &Scenario, kind: Kind, bins: &Binaries, row: &mut Row) -> 
             f.sub_addrs = vec![dep.mqtt[1]];
             let o = load::run(&f).await?;
             flow_row(row, &o);
+        }
+        What::ClusterIdle { secs } => {
+            let pids = dep.pids();
+            let before: Vec<f64> = pids.iter().map(|p| brokers::cpu_seconds(*p).unwrap_or(0.0)).collect();
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let el = t0.elapsed().as_secs_f64();
+            let mut worst: f64 = 0.0;
+            for (i, p) in pids.iter().enumerate() {
+                let pct = (brokers::cpu_seconds(*p).unwrap_or(0.0) - before[i]) / el * 100.0;
+                row.extra.insert(format!("node{}_cpu_pct", i + 1), pct);
+                worst = worst.max(pct);
+            }
+            row.extra.insert("max_node_cpu_pct".into(), worst);
+        }
+        What::Persistent { count, rate, runs } => {
+            let mut rates = Vec::new();
+            for r in 0..runs {
+                let mut f = flow_of(1, 1, Wiring::Pairs, 1, 64, count, rate);
+                f.pub_addrs = vec![dep.mqtt[0]];
+                f.sub_addrs = vec![dep.mqtt[1]];
+                f.persistent = Some(format!("psub-run{}", r + 1));
+                let o = load::run(&f).await?;
+                row.extra.insert(format!("run{}_msgs_per_s", r + 1), o.msgs_per_s);
+                row.extra.insert(format!("run{}_p99_ms", r + 1), o.p99_ms);
+                rates.push(o.msgs_per_s);
+                // The row shows the last run: the one with the most sessions left behind.
+                flow_row(row, &o);
+            }
+            let first = rates.first().copied().unwrap_or(0.0);
+            let worst = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            row.extra.insert("worst_run_vs_first".into(), if first > 0.0 { worst / first } else { 0.0 });
         }
         What::Link { qos, count, rate } => {
             let half = dep.mqtt.len() / 2;

@@ -18,7 +18,7 @@ fn smoke_run_writes_results_and_strait_loses_nothing() {
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(&bench)
         .args(["--smoke", "--brokers", "strait,mosquitto,rumqttd"])
-        .args(["--scenarios", "qos1-1to1,qos2-1to1,latency-2k,idle-10k,cluster-qos1,link-qos1"])
+        .args(["--scenarios", "qos1-1to1,qos2-1to1,latency-2k,idle-10k,cluster-qos1,cluster-persistent,link-qos1"])
         .arg("--strait")
         .arg(&strait)
         .arg("--out")
@@ -31,9 +31,13 @@ fn smoke_run_writes_results_and_strait_loses_nothing() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json"))
             .expect("valid JSON");
     let rows = json["rows"].as_array().expect("rows");
-    for (scenario, broker) in
-        [("qos1-1to1", "strait"), ("qos1-1to1", "mosquitto"), ("link-qos1", "strait"), ("cluster-qos1", "strait")]
-    {
+    for (scenario, broker) in [
+        ("qos1-1to1", "strait"),
+        ("qos1-1to1", "mosquitto"),
+        ("link-qos1", "strait"),
+        ("cluster-qos1", "strait"),
+        ("cluster-persistent", "strait"),
+    ] {
         let row = rows
             .iter()
             .find(|r| r["scenario"] == scenario && r["broker"] == broker)

@@ -70,7 +70,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> Stri
     format!(
         "node {{ name = \"n{id}@{ip}\", data_dir = \"{data}\" }}\n\
          cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 50ms, election_timeout = 500ms }}\n\
+           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms }}\n\
            links = {links}\n}}\n\
          listeners.tcp.default.bind = \"{ip}:{MQTT_PORT}\"\n\
          listeners.tcp.clink.bind = \"{ip}:{CLINK_PORT}\"\n\

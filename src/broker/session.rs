@@ -127,12 +127,21 @@ impl Mqueue {
         Some(d)
     }
 
-    /// Remove the deliveries whose replicated sequence number is in `seqs`; how many.
-    pub fn remove_seqs(&mut self, seqs: &[u64]) -> usize {
-        let before = self.items.len();
-        self.items.retain(|d| !d.seq.is_some_and(|q| seqs.contains(&q)));
-        self.bytes = self.items.iter().map(queued_size).sum();
-        before - self.items.len()
+    /// Remove the durable deliveries whose replicated sequence number is in `seqs` (the oldest
+    /// of the replicated queue, evicted by its bound). Durable deliveries sit here in sequence
+    /// order, so the scan stops at the first one newer than all of `seqs`: near the front.
+    pub fn remove_seqs(&mut self, seqs: &[u64]) {
+        let Some(&newest) = seqs.iter().max() else { return };
+        let mut i = 0;
+        while i < self.items.len() {
+            match self.items[i].seq {
+                Some(s) if s > newest => break,
+                Some(s) if seqs.contains(&s) => {
+                    self.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
     }
 
     pub fn clear(&mut self) {

@@ -107,12 +107,18 @@ impl ProcCluster {
 
     /// Links to several clusters (one `links` list), each wanting `topics`.
     pub fn link_to_many(&self, others: &[&ProcCluster], topics: &str) {
+        self.link_to_with(others, topics, "");
+    }
+
+    /// `link_to_many` with `extra` keys in every link's object (e.g. `max_outbox = 500`).
+    pub fn link_to_with(&self, others: &[&ProcCluster], topics: &str, extra: &str) {
         let links: Vec<String> = others
             .iter()
             .map(|other| {
                 let servers: Vec<String> = other.nodes.iter().map(|n| format!("127.0.0.1:{}", n.clink)).collect();
+                let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
                 format!(
-                    "{{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = {topics}, retry_interval = 500ms }}",
+                    "{{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = {topics}, retry_interval = 500ms{extra} }}",
                     other.cluster,
                     servers.join(","),
                     self.cluster
@@ -181,6 +187,11 @@ impl ProcCluster {
     pub fn resume(&mut self, i: usize) {
         tracing::info!("== SIGCONT {}", self.nodes[i].name);
         self.signal(i, libc::SIGCONT);
+    }
+
+    /// The process id of node `i` while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
     }
 
     /// GET the cluster status of node `i` (None while it does not answer).
