@@ -234,7 +234,8 @@ async fn a_link_that_is_down_never_slows_publishers_and_its_outbox_drains_in_ord
     assert_eq!(outbox["depth"], 500, "the outbox holds max_outbox: {outbox}");
     assert_eq!(outbox["dropped"], (N - 500) as u64, "{outbox}");
     assert!(outbox["bytes"].as_u64().unwrap_or(0) > 0, "{outbox}");
-    let (_, metrics) = http_get(east.nodes[1].api, "/metrics").expect("metrics");
+    // (The node whose view was waited for above.)
+    let (_, metrics) = http_get(east.nodes[2].api, "/metrics").expect("metrics");
     assert!(
         metrics.contains(&format!("strait_link_outbox_dropped_total{{link=\"cluster-eu-west\"}} {}", N - 500)),
         "outbox metrics exported"

@@ -24,7 +24,20 @@ pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<
 pub fn open_with<S: StateMachine>(dir: &Path, sm: S) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
     // sled's page cache defaults to 1 GiB and grows toward it with the log; the log is
     // written once and read rarely (catch-up), so a small cache costs nothing.
-    let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(std::io::Error::other)?;
+    let cfg = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+    // A store closed a moment ago can still be locked by sled's flusher thread: a quick
+    // reopen waits for it, briefly (another live process holding it is refused after that).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let db = loop {
+        match cfg.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.map_err(std::io::Error::other)?,
+        }
+    };
     let log = LogStore::new(&db)?;
     let sm = StateMachineStore::new(&db, sm)?;
     Ok((log, sm))
