@@ -75,7 +75,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> Stri
          listeners.tcp.default.bind = \"{ip}:{MQTT_PORT}\"\n\
          listeners.tcp.clink.bind = \"{ip}:{CLINK_PORT}\"\n\
          api.bind = \"{ip}:{API_PORT}\"\n\
-         mqtt {{ session_expiry_interval = 1h, max_mqueue_len = 100000 }}\n\
+         mqtt {{ session_expiry_interval = 1h }}\n\
          log.level = info\n",
         data = data.display(),
         cluster = region.name,

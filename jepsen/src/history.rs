@@ -44,6 +44,9 @@ pub enum F {
     /// `phase` "start" or "stop"; `minority` = the nodes cut off from the majority by this step
     /// (empty for faults that do not partition); `nodes` = the nodes affected.
     Nemesis { name: String, phase: Phase, nodes: Vec<u32>, minority: Vec<u32>, detail: String },
+    /// At the end of a run: how many messages the broker reports it dropped for `client_id`'s
+    /// session (its queue bound, `mqueue_dropped`), read from the API (kind `Ok`).
+    Dropped { client_id: String, count: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,7 @@ impl F {
             F::RetainRead { .. } => "retain_read",
             F::Probe {} => "probe",
             F::Nemesis { .. } => "nemesis",
+            F::Dropped { .. } => "dropped",
         }
     }
 }

@@ -190,6 +190,7 @@ pub async fn subscriber(
     q: u8,
     nodes: Vec<u32>,
     ready: Arc<AtomicBool>,
+    away: Option<(Duration, Duration)>,
 ) {
     let mut i = process as usize;
     let mut subscribed = false;
@@ -266,12 +267,39 @@ pub async fn subscriber(
             }
         }
         ready.store(true, Ordering::Relaxed);
-        // Receive until the connection fails or the run ends.
+        let connected_at = Instant::now();
+        // Receive until the connection fails or the run ends (or, while publishers run, it is
+        // time to go away for a while: a clean disconnect, the session stays).
         loop {
             if ctx.stop_subs.load(Ordering::Relaxed) {
                 let _ = client.try_disconnect();
                 let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
                 return;
+            }
+            if let Some((stay, gone)) = away {
+                if connected_at.elapsed() >= stay && !ctx.stop.load(Ordering::Relaxed) {
+                    tracing::info!(client_id, ?gone, "subscriber goes away (session kept)");
+                    let _ = client.try_disconnect();
+                    // Until the DISCONNECT is out: what arrives meanwhile is acknowledged by
+                    // rumqttc, so it is a delivery and is recorded as one.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        loop {
+                            match el.poll().await {
+                                Ok(Event::Incoming(Packet::Publish(p))) => {
+                                    deliver(&ctx, process, node, &client_id, &mut unreleased, p)
+                                }
+                                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                                Ok(_) => {}
+                            }
+                        }
+                    })
+                    .await;
+                    let back = Instant::now() + gone;
+                    while Instant::now() < back && !ctx.stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    break;
+                }
             }
             match tokio::time::timeout(Duration::from_millis(500), el.poll()).await {
                 Err(_) => {}
@@ -279,33 +307,7 @@ pub async fn subscriber(
                     unreleased.remove(&r.pkid);
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    if p.qos == QoS::ExactlyOnce && !unreleased.insert(p.pkid) {
-                        tracing::debug!(
-                            client_id,
-                            pkid = p.pkid,
-                            "QoS 2 PUBLISH sent again under an unreleased id: not delivered twice"
-                        );
-                        continue;
-                    }
-                    tracing::trace!(client_id, node, pkid = p.pkid, qos = p.qos as u8, dup = p.dup, payload = %String::from_utf8_lossy(&p.payload), "deliver");
-                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                    let (publisher, seq) = parse_payload(&payload);
-                    ctx.rec.event(
-                        process,
-                        Kind::Ok,
-                        Some(node),
-                        F::Deliver {
-                            client_id: client_id.clone(),
-                            topic: p.topic.clone(),
-                            payload,
-                            qos: p.qos as u8,
-                            dup: p.dup,
-                            publisher,
-                            seq,
-                        },
-                    );
-                    ctx.deliveries.fetch_add(1, Ordering::Relaxed);
-                    ctx.last_delivery.store(ctx.t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    deliver(&ctx, process, node, &client_id, &mut unreleased, p);
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => break,
@@ -446,4 +448,43 @@ pub async fn retain_reader(ctx: Ctx, process: u32, nodes: Vec<u32>, pace: Durati
         retain_read(&ctx, process, node, n, Duration::from_millis(1000)).await;
         tokio::time::sleep(pace).await;
     }
+}
+
+/// Record a PUBLISH a subscriber received (rumqttc has acknowledged it). A QoS 2 PUBLISH under a
+/// packet id not yet released is the same message sent again and is not delivered twice.
+fn deliver(
+    ctx: &Ctx,
+    process: u32,
+    node: u32,
+    client_id: &str,
+    unreleased: &mut std::collections::HashSet<u16>,
+    p: rumqttc::Publish,
+) {
+    if p.qos == QoS::ExactlyOnce && !unreleased.insert(p.pkid) {
+        tracing::debug!(
+            client_id,
+            pkid = p.pkid,
+            "QoS 2 PUBLISH sent again under an unreleased id: not delivered twice"
+        );
+        return;
+    }
+    tracing::trace!(client_id, node, pkid = p.pkid, qos = p.qos as u8, dup = p.dup, payload = %String::from_utf8_lossy(&p.payload), "deliver");
+    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+    let (publisher, seq) = parse_payload(&payload);
+    ctx.rec.event(
+        process,
+        Kind::Ok,
+        Some(node),
+        F::Deliver {
+            client_id: client_id.to_string(),
+            topic: p.topic.clone(),
+            payload,
+            qos: p.qos as u8,
+            dup: p.dup,
+            publisher,
+            seq,
+        },
+    );
+    ctx.deliveries.fetch_add(1, Ordering::Relaxed);
+    ctx.last_delivery.store(ctx.t0.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
