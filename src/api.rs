@@ -92,8 +92,13 @@ async fn clients(State(s): State<ApiState>) -> Json<serde_json::Value> {
 async fn client(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let Some(x) = s.broker.session(&id) else { return not_found(&id) };
     let mut v = client_json(&x);
-    v["mqueue_max"] = json!(s.broker.mqtt.max_mqueue_len);
-    v["mqueue_max_bytes"] = json!(s.broker.mqtt.max_mqueue_bytes);
+    // (A link client's session is an outbox, with its link's bound.)
+    let bound = match x.link_remote() {
+        Some(l) => s.broker.outbox_bound(&l),
+        None => s.broker.queue_bound(),
+    };
+    v["mqueue_max"] = json!(bound.max_len);
+    v["mqueue_max_bytes"] = json!(bound.max_bytes);
     if let Some(c) = s.broker.cluster() {
         // The replicated queue, whichever node serves the session (this may be a stub).
         let q = c.read(|st| st.sessions.get(&id).map(|e| (e.queue.len(), e.queue_bytes, e.dropped))).await;

@@ -169,6 +169,12 @@ impl Registry {
         self.lock().effective.iter().find(|l| l.name == name).cloned()
     }
 
+    /// The outbox bound of link `name` (`max_outbox`, `max_outbox_bytes`) without copying the
+    /// link's configuration (read for every message queued for a link client).
+    pub fn outbox_of(&self, name: &str) -> Option<(usize, u64)> {
+        self.lock().effective.iter().find(|l| l.name == name).map(|l| (l.max_outbox, l.max_outbox_bytes))
+    }
+
     /// Whether cluster `remote`'s link client may connect: a link to it is configured and
     /// enabled here.
     pub fn accepts(&self, remote: &str) -> bool {

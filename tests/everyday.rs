@@ -234,6 +234,9 @@ async fn a_link_that_is_down_never_slows_publishers_and_its_outbox_drains_in_ord
     assert_eq!(outbox["depth"], 500, "the outbox holds max_outbox: {outbox}");
     assert_eq!(outbox["dropped"], (N - 500) as u64, "{outbox}");
     assert!(outbox["bytes"].as_u64().unwrap_or(0) > 0, "{outbox}");
+    let client = api_json(east.nodes[2].api, "/api/v5/clients/clink-cluster-eu-west");
+    assert_eq!(client["mqueue_max"], 500, "a link client's queue is the outbox, with its bound: {client}");
+    assert_eq!(client["mqueue_dropped"], (N - 500) as u64, "{client}");
     // (The node whose view was waited for above.)
     let (_, metrics) = http_get(east.nodes[2].api, "/metrics").expect("metrics");
     assert!(

@@ -499,7 +499,12 @@ impl Broker {
                     // QoS>=1 to a persistent session, wherever it lives: through Raft.
                     if d.qos != QoS::AtMostOnce && m.session.lock().is_persistent() {
                         // A link's outbox has the link's own (larger) bound.
-                        let bound = m.session.link_remote().map(|l| self.outbox_bound(&l));
+                        // (The flag first: the name is behind a lock, and this is the hot path.)
+                        let bound = if m.session.link.load(Ordering::Relaxed) {
+                            m.session.link_remote().map(|l| self.outbox_bound(&l))
+                        } else {
+                            None
+                        };
                         targets.push(Target {
                             client_id: m.session.client_id.to_string(),
                             qos: d.qos,
@@ -553,10 +558,10 @@ impl Broker {
     /// The bound of the outbox of cluster `remote`'s link client here (`links[].max_outbox`
     /// of our link to it; the defaults when we have none).
     pub fn outbox_bound(&self, remote: &str) -> QueueBound {
-        let (len, bytes) = match self.links.get(remote) {
-            Some(l) => (l.max_outbox, l.max_outbox_bytes),
-            None => (crate::config::DEFAULT_LINK_OUTBOX, crate::config::DEFAULT_LINK_OUTBOX_BYTES),
-        };
+        let (len, bytes) = self
+            .links
+            .outbox_of(remote)
+            .unwrap_or((crate::config::DEFAULT_LINK_OUTBOX, crate::config::DEFAULT_LINK_OUTBOX_BYTES));
         QueueBound { max_len: len.min(u32::MAX as usize) as u32, max_bytes: bytes, drop_oldest: true }
     }
 
@@ -589,7 +594,8 @@ impl Broker {
             // sequence): the receiving cluster dedupes by it, so QoS 2 stays exactly once.
             d.seq = self.next_link_seq();
         }
-        let bound = match session.link_remote() {
+        let link = if session.link.load(Ordering::Relaxed) { session.link_remote() } else { None };
+        let bound = match link {
             Some(l) => self.outbox_bound(&l),
             None => self.queue_bound(),
         };
