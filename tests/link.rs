@@ -719,3 +719,64 @@ async fn a_subscription_made_before_the_link_is_up_is_propagated_when_it_comes_u
     sub.ack(&m).await;
     sub.no_publish(Duration::from_millis(300), "nothing else").await;
 }
+
+/// The node of the sending region that serves the other region's link client, cut off from its
+/// majority, applies nothing new: it must end that link connection (0x88) instead of keeping it
+/// "connected" and silent until the partition heals. When the cluster is whole again the link
+/// carries messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sending_node_cut_off_from_its_cluster_ends_the_link_it_serves() {
+    init();
+    require_binary("mosquitto_sub");
+    let (mut east, west) = regions("[\"#\"]", "[\"#\"]").await;
+    let sub = mosquitto_sub(west.nodes[0].mqtt, "linked/#", 1);
+    west.wait_link("cluster-us-east", Some("linked/#")).await;
+    route_at(east.nodes[0].api, "clink-cluster-eu-west", "linked/#").await;
+    mosquitto_pub(east.nodes[1].mqtt, "linked/before", "1");
+    assert_eq!(output(sub).trim(), "linked/before 1");
+
+    tracing::info!("== find the us-east node serving eu-west's link client, and cut it off");
+    let get = |port: u16, path: &str| -> serde_json::Value {
+        let (code, body) = common::procs::http_get(port, path).expect("API answers");
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    let owner = get(east.nodes[0].api, "/api/v5/clients/clink-cluster-eu-west")["node_id"].as_str().map(String::from);
+    let cluster = get(east.nodes[0].api, "/api/v5/cluster");
+    let name = cluster["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["id"].as_str().map(String::from) == owner))
+        .and_then(|n| n["name"].as_str().map(String::from))
+        .expect("the link client's node is a member");
+    let x = east.nodes.iter().position(|n| n.name == name).expect("a node of us-east");
+    let others: Vec<usize> = (0..3).filter(|i| *i != x).collect();
+    for &i in &others {
+        east.pause(i);
+    }
+    let link_status = || {
+        (0..3).find_map(|i| {
+            common::procs::http_get(west.nodes[i].api, "/api/v5/cluster/links/link/cluster-us-east")
+                .filter(|(code, _)| *code == 200)
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        })
+    };
+    common::wait_for(
+        || link_status().is_some_and(|v| v["status"] != "connected"),
+        Duration::from_secs(10),
+        "eu-west's link to leave the cut-off us-east node (it stayed connected and silent before)",
+    )
+    .await;
+    let v = link_status().expect("link status");
+    tracing::info!("== eu-west's link while us-east has no majority: {} {}", v["status"], v["last_error"]);
+
+    tracing::info!("== us-east whole again: the link carries messages again");
+    for &i in &others {
+        east.resume(i);
+    }
+    east.wait_ready(&[0, 1, 2]).await;
+    let sub = mosquitto_sub(west.nodes[2].mqtt, "linked/#", 1);
+    west.wait_link("cluster-us-east", Some("linked/#")).await;
+    route_at(east.nodes[x].api, "clink-cluster-eu-west", "linked/#").await;
+    mosquitto_pub(east.nodes[x].mqtt, "linked/after", "2");
+    assert_eq!(output(sub).trim(), "linked/after 2");
+}

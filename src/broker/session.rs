@@ -39,6 +39,9 @@ pub enum Kick {
     Admin,
     /// The node is shutting down (0x8B).
     Shutdown,
+    /// This node lost the cluster (no leader lease for a while): the client should go to
+    /// another node (0x88).
+    Unavailable,
 }
 
 pub struct ConnHandle {

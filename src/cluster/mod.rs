@@ -196,7 +196,8 @@ impl Cluster {
         tracker.spawn(ack_batcher(cluster.clone(), ack_rx).instrument(span.clone()));
         let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
         tracker.spawn(announce(cluster.clone(), info).instrument(span.clone()));
-        tracker.spawn(leader_duties(cluster.clone()).instrument(span));
+        tracker.spawn(leader_duties(cluster.clone()).instrument(span.clone()));
+        tracker.spawn(shed_links_without_lease(cluster.clone()).instrument(span));
         tracing::info!(node = %cfg.node.name, id, cluster = %cfg.cluster.name, "cluster.started");
         Ok(cluster)
     }
@@ -431,6 +432,45 @@ async fn announce(cluster: Arc<Cluster>, info: NodeInfo) {
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A node cut off from its majority applies nothing new, so the link sessions it serves (another
+/// cluster's link clients connected here) would stay connected and receive nothing until the
+/// partition heals. Once it has had no leader lease for longer than an ordinary election takes,
+/// it ends them with 0x88: the remote's link client moves on to a node of the majority (and
+/// this node refuses it until it has a lease again).
+async fn shed_links_without_lease(cluster: Arc<Cluster>) {
+    let cfg = cluster.raft.config();
+    let grace = cfg.election_max + cfg.heartbeat * 2;
+    let mut l = cluster.raft.leadership();
+    loop {
+        tokio::select! {
+            _ = cluster.cancel.cancelled() => return,
+            r = l.wait_for(|x| !x.lease) => if r.is_err() { return },
+        }
+        let back = tokio::select! {
+            _ = cluster.cancel.cancelled() => return,
+            r = tokio::time::timeout(grace, l.wait_for(|x| x.lease)) => r.map(|r| r.map(|_| ())),
+        };
+        match back {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+        for s in cluster.broker.sessions() {
+            if s.link.load(Ordering::Relaxed)
+                && s.owner.load(Ordering::Acquire) == cluster.id
+                && cluster.broker.kick(&s.client_id, crate::broker::session::Kick::Unavailable)
+            {
+                tracing::warn!(client_id = %s.client_id, ?grace, "link session ended: this node has had no leader lease (cut off from its cluster)");
+            }
+        }
+        // Re-armed once the lease is back (connections are refused until then).
+        tokio::select! {
+            _ = cluster.cancel.cancelled() => return,
+            r = l.wait_for(|x| x.lease) => if r.is_err() { return },
+        }
     }
 }
 

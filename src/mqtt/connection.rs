@@ -190,12 +190,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 Box::pin(self.send_disconnect(&live, code, Some(why))).await;
             }
             Close::Kicked(k) => {
-                let code = match k {
-                    Kick::TakenOver => reason::SESSION_TAKEN_OVER,
-                    Kick::Admin => reason::ADMINISTRATIVE_ACTION,
-                    Kick::Shutdown => reason::SERVER_SHUTTING_DOWN,
+                let (code, why) = match k {
+                    Kick::TakenOver => (reason::SESSION_TAKEN_OVER, None),
+                    Kick::Admin => (reason::ADMINISTRATIVE_ACTION, None),
+                    Kick::Shutdown => (reason::SERVER_SHUTTING_DOWN, None),
+                    Kick::Unavailable => (reason::SERVER_UNAVAILABLE, Some("this node is cut off from its cluster")),
                 };
-                Box::pin(self.send_disconnect(&live, code, None)).await;
+                Box::pin(self.send_disconnect(&live, code, why)).await;
             }
             Close::Normal { .. } | Close::Abnormal => {}
         }
