@@ -93,10 +93,7 @@ async fn client(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let Some(x) = s.broker.session(&id) else { return not_found(&id) };
     let mut v = client_json(&x);
     // (A link client's session is an outbox, with its link's bound.)
-    let bound = match x.link_remote() {
-        Some(l) => s.broker.outbox_bound(&l),
-        None => s.broker.queue_bound(),
-    };
+    let bound = s.broker.bound_of(&x);
     v["mqueue_max"] = json!(bound.max_len);
     v["mqueue_max_bytes"] = json!(bound.max_bytes);
     if let Some(c) = s.broker.cluster() {

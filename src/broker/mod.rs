@@ -27,7 +27,7 @@ use crate::storage::{Storage, StorageError};
 
 use message::{now_ms, Delivery, Message};
 use router::{Router, Subscriber};
-use session::{ConnHandle, Enqueued, Kick, QueueBound, Session, SessionRecord, Subscription};
+use session::{ConnHandle, Kick, QueueBound, Session, SessionRecord, Subscription};
 
 /// Topic prefix reserved for cluster links: no ordinary client may publish or subscribe.
 pub const LINK_PREFIX: &str = "$LINK/";
@@ -499,12 +499,7 @@ impl Broker {
                     // QoS>=1 to a persistent session, wherever it lives: through Raft.
                     if d.qos != QoS::AtMostOnce && m.session.lock().is_persistent() {
                         // A link's outbox has the link's own (larger) bound.
-                        // (The flag first: the name is behind a lock, and this is the hot path.)
-                        let bound = if m.session.link.load(Ordering::Relaxed) {
-                            m.session.link_remote().map(|l| self.outbox_bound(&l))
-                        } else {
-                            None
-                        };
+                        let bound = self.outbox_bound_of(&m.session);
                         targets.push(Target {
                             client_id: m.session.client_id.to_string(),
                             qos: d.qos,
@@ -565,6 +560,21 @@ impl Broker {
         QueueBound { max_len: len.min(u32::MAX as usize) as u32, max_bytes: bytes, drop_oldest: true }
     }
 
+    /// A link client's session is an outbox, bounded by our link to that cluster; None for
+    /// every other session. (The flag first: the name is behind a lock, and this is read for
+    /// every delivery.)
+    pub fn outbox_bound_of(&self, session: &Session) -> Option<QueueBound> {
+        if !session.link.load(Ordering::Relaxed) {
+            return None;
+        }
+        session.link_remote().map(|l| self.outbox_bound(&l))
+    }
+
+    /// The bound of `session`'s queue: its outbox bound, or `queue_bound`.
+    pub fn bound_of(&self, session: &Session) -> QueueBound {
+        self.outbox_bound_of(session).unwrap_or_else(|| self.queue_bound())
+    }
+
     /// Wait (bounded by `max`) until `session`'s queue is below a quarter of its bound.
     pub async fn wait_drained(&self, session: &Session, max: Duration) {
         let low = self.mqtt.max_mqueue_len / 4;
@@ -594,19 +604,13 @@ impl Broker {
             // sequence): the receiving cluster dedupes by it, so QoS 2 stays exactly once.
             d.seq = self.next_link_seq();
         }
-        let link = if session.link.load(Ordering::Relaxed) { session.link_remote() } else { None };
-        let bound = match link {
-            Some(l) => self.outbox_bound(&l),
-            None => self.queue_bound(),
-        };
-        let (outcome, depth) = session.enqueue(d, &bound, self.mqtt.mqueue_store_qos0);
-        match outcome {
-            Enqueued::Queued => {}
-            Enqueued::Dropped => inc(&self.metrics.messages_dropped),
-            Enqueued::QueuedEvictedQos0 => inc(&self.metrics.messages_dropped_qos0_evicted),
-            Enqueued::QueuedEvictedOldest => inc(&self.metrics.messages_dropped_oldest),
+        let o = session.enqueue(d, &self.bound_of(session), self.mqtt.mqueue_store_qos0);
+        if !o.queued {
+            inc(&self.metrics.messages_dropped);
         }
-        depth
+        self.metrics.messages_dropped_qos0_evicted.fetch_add(o.evicted_qos0, Ordering::Relaxed);
+        self.metrics.messages_dropped_oldest.fetch_add(o.evicted_oldest, Ordering::Relaxed);
+        o.depth
     }
 
     /// `offer`, keeping in `fullest` the connected session past `half` with the deepest queue

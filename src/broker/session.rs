@@ -49,16 +49,17 @@ pub struct ConnHandle {
     pub kick: mpsc::Sender<Kick>,
 }
 
-/// Outcome of offering a message to a session's queue.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    Queued,
-    /// The new message was dropped (queue full of QoS≥1, or QoS 0 while offline/full).
-    Dropped,
-    /// Queued after evicting the oldest QoS 0 message.
-    QueuedEvictedQos0,
-    /// Queued after evicting the oldest message (`mqueue_overflow = drop_oldest`).
-    QueuedEvictedOldest,
+/// What offering a message to a session's queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    /// The new message is queued (false: it was dropped).
+    pub queued: bool,
+    /// Queued QoS 0 messages evicted to make room.
+    pub evicted_qos0: u64,
+    /// Queued messages evicted oldest first (`mqueue_overflow = drop_oldest`).
+    pub evicted_oldest: u64,
+    /// The queue's depth after it.
+    pub depth: usize,
 }
 
 /// What a queued delivery counts against a byte bound: topic and payload (what a client
@@ -79,7 +80,6 @@ pub struct QueueBound {
     pub drop_oldest: bool,
 }
 
-/// One durable delivery target of a message.
 /// A session's outbound queue, with its size in bytes (`queued_size`) kept as it changes.
 #[derive(Debug, Default)]
 pub struct Mqueue {
@@ -265,12 +265,12 @@ impl Session {
     }
 
     /// Offer a delivery under the queue's bound: at most `bound.max_len` messages and
-    /// `bound.max_bytes` bytes. When full, QoS 0 goes first (a new QoS 0 is dropped, a new
-    /// QoS≥1 evicts the oldest QoS 0); then, by `bound.drop_oldest`, the oldest messages are
-    /// evicted or the new one is dropped. QoS 0 for an offline session is kept only when
-    /// `store_qos0`. Returns the outcome and the depth after it.
-    pub fn enqueue(&self, d: Delivery, bound: &QueueBound, store_qos0: bool) -> (Enqueued, usize) {
-        let (outcome, depth, evicted) = {
+    /// `bound.max_bytes` bytes. When full, QoS 0 goes first: queued QoS 0 messages are evicted,
+    /// oldest first, and a new QoS 0 message never evicts a QoS≥1 one (it is dropped instead).
+    /// Then, by `bound.drop_oldest`, the oldest messages are evicted or the new one is dropped.
+    /// QoS 0 for an offline session is kept only when `store_qos0`.
+    pub fn enqueue(&self, d: Delivery, bound: &QueueBound, store_qos0: bool) -> Offered {
+        let offered = {
             let mut st = self.lock();
             let online = st.conn.is_some();
             let size = queued_size(&d);
@@ -278,49 +278,40 @@ impl Session {
             let full = |q: &Mqueue| {
                 q.len() >= bound.max_len as usize || (bound.max_bytes > 0 && q.bytes() + size > bound.max_bytes)
             };
-            let mut evicted = 0u64;
-            let outcome = if (d.qos == QoS::AtMostOnce && !online && !store_qos0) || !fits {
-                Enqueued::Dropped
-            } else if !full(&st.queue) {
-                st.queue.push_back(d);
-                Enqueued::Queued
-            } else if d.qos == QoS::AtMostOnce && !bound.drop_oldest {
-                Enqueued::Dropped
-            } else {
-                let mut outcome = Enqueued::Dropped;
-                // QoS 0 goes first, oldest first.
+            let mut o = Offered { queued: false, evicted_qos0: 0, evicted_oldest: 0, depth: 0 };
+            let wanted = fits && (d.qos != QoS::AtMostOnce || online || store_qos0);
+            // A new QoS 0 message may make room only among QoS 0 messages, and only when the
+            // policy evicts (drop_newest drops it).
+            if wanted && (d.qos != QoS::AtMostOnce || bound.drop_oldest) {
                 while full(&st.queue) {
                     let Some(pos) = st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else { break };
                     st.queue.remove(pos);
-                    evicted += 1;
-                    outcome = Enqueued::QueuedEvictedQos0;
+                    o.evicted_qos0 += 1;
                 }
-                if bound.drop_oldest {
+                if bound.drop_oldest && d.qos != QoS::AtMostOnce {
                     while full(&st.queue) && st.queue.pop_front().is_some() {
-                        evicted += 1;
-                        outcome = Enqueued::QueuedEvictedOldest;
+                        o.evicted_oldest += 1;
                     }
                 }
-                if full(&st.queue) {
-                    Enqueued::Dropped
-                } else {
-                    st.queue.push_back(d);
-                    outcome
-                }
-            };
-            if outcome != Enqueued::Dropped {
+            }
+            if wanted && !full(&st.queue) {
+                st.queue.push_back(d);
+                o.queued = true;
+            }
+            if o.queued || o.evicted_qos0 + o.evicted_oldest > 0 {
                 st.dirty = true;
             }
-            (outcome, st.queue.len(), evicted)
+            o.depth = st.queue.len();
+            o
         };
-        let lost = evicted + u64::from(outcome == Enqueued::Dropped);
+        let lost = offered.evicted_qos0 + offered.evicted_oldest + u64::from(!offered.queued);
         if lost > 0 {
             self.dropped.fetch_add(lost, Ordering::Relaxed);
         }
-        if outcome != Enqueued::Dropped {
+        if offered.queued {
             self.notify.notify_one();
         }
-        (outcome, depth)
+        offered
     }
 
     /// In a cluster, on the owner node: durable deliveries the replicated queue evicted
@@ -406,5 +397,50 @@ impl SessionRecord {
             st.disconnected_at_ms = self.disconnected_at_ms;
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::mqtt::packet::Properties;
+
+    fn d(qos: QoS, n: u8) -> Delivery {
+        let msg = Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from(vec![n]),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+            publisher: "p".into(),
+            expires_at_ms: None,
+        };
+        Delivery { msg: Arc::new(msg), qos, retain: false, sub_ids: vec![], seq: None }
+    }
+
+    fn payloads(s: &Session) -> Vec<u8> {
+        s.lock().queue.iter().map(|d| d.msg.payload[0]).collect()
+    }
+
+    #[test]
+    fn a_full_queue_evicts_qos0_first_and_a_new_qos0_never_evicts_qos1() {
+        let s = Session::new("c".into(), Protocol::V5, 0);
+        let b = QueueBound { max_len: 3, max_bytes: 0, drop_oldest: true };
+        for (q, n) in [(QoS::AtLeastOnce, 1), (QoS::AtMostOnce, 2), (QoS::AtLeastOnce, 3)] {
+            assert!(s.enqueue(d(q, n), &b, true).queued);
+        }
+        let o = s.enqueue(d(QoS::AtLeastOnce, 4), &b, true);
+        assert_eq!((o.queued, o.evicted_qos0, o.evicted_oldest), (true, 1, 0), "the QoS 0 one goes first");
+        assert_eq!(payloads(&s), vec![1, 3, 4]);
+        let o = s.enqueue(d(QoS::AtMostOnce, 5), &b, true);
+        assert_eq!((o.queued, o.evicted_oldest), (false, 0), "a new QoS 0 does not push out QoS 1");
+        let o = s.enqueue(d(QoS::AtLeastOnce, 6), &b, true);
+        assert_eq!((o.queued, o.evicted_oldest), (true, 1));
+        assert_eq!(payloads(&s), vec![3, 4, 6], "drop_oldest");
+        let newest = QueueBound { drop_oldest: false, ..b };
+        assert!(!s.enqueue(d(QoS::AtLeastOnce, 7), &newest, true).queued, "drop_newest");
+        assert_eq!(payloads(&s), vec![3, 4, 6]);
+        assert_eq!(s.dropped.load(Ordering::Relaxed), 4);
     }
 }
