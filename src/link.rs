@@ -704,6 +704,9 @@ async fn run(
                         // A new session there: its sequence numbers start over.
                         reset_seen(link, broker);
                     }
+                    // What the remote holds is what the status shows until the next sync
+                    // (a sync that finds nothing to change does not touch it).
+                    status.set_routes(&subscribed);
                     tracing::info!(server = %addr, session_present = a.session_present, routes = subscribed.len(), "link: connected");
                     status.set("connected", Some(addr.clone()), None);
                     routes_dirty = true;

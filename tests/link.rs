@@ -229,7 +229,12 @@ async fn the_link_survives_a_leader_sigkill_without_losing_acknowledged_messages
                 deliveries += 1;
             }
             Got::Packet(_) => {}
-            other => panic!("after {} messages: {other:?}", received.len()),
+            other => panic!(
+                "after {} messages: {other:?}; us-east:{} eu-west:{}",
+                received.len(),
+                east.links_report(),
+                west.links_report()
+            ),
         }
     }
     tracing::info!(
@@ -237,6 +242,7 @@ async fn the_link_survives_a_leader_sigkill_without_losing_acknowledged_messages
         started.elapsed(),
         deliveries - received.len()
     );
+    tracing::info!("== links now: us-east:{} eu-west:{}", east.links_report(), west.links_report());
     assert_eq!(received, (0..n).collect(), "every acknowledged message crossed the link");
 }
 
@@ -289,7 +295,12 @@ async fn qos2_stays_exactly_once_across_the_link_through_a_leader_sigkill() {
             }
             Got::Packet(_) => {}
             Got::Nothing if count.len() >= n as usize => break,
-            other => panic!("after {} messages: {other:?}", count.len()),
+            other => panic!(
+                "after {} messages: {other:?}; us-east:{} eu-west:{}",
+                count.len(),
+                east.links_report(),
+                west.links_report()
+            ),
         }
     }
     let twice: Vec<_> = count.iter().filter(|(_, c)| **c > 1).map(|(v, _)| *v).collect();

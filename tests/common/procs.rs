@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::TempDir;
 
@@ -288,6 +288,41 @@ impl ProcCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// One line per up node: its links (status, server, routes, counters, last error) and
+    /// the link clients it serves (queue and inflight): what a failure message should carry.
+    pub fn links_report(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let links = http_get(n.api, "/api/v5/cluster/links")
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .map(|v| {
+                    let pick = |l: &Value| {
+                        json!({"name": l["name"], "status": l["status"], "server": l["connected_server"],
+                            "routes": l["routes"], "inflight": l["inflight"], "received": l["messages_received"],
+                            "published": l["messages_published"], "dup": l["messages_duplicate"],
+                            "error": l["last_error"]})
+                    };
+                    v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
+                });
+            let clients =
+                http_get(n.api, "/api/v5/clients").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok()).map(|v| {
+                    let pick = |c: &Value| {
+                        json!({"id": c["clientid"], "connected": c["connected"], "node": c["node_id"],
+                            "mqueue": c["mqueue_len"], "inflight": c["inflight_cnt"]})
+                    };
+                    v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
+                });
+            out.push_str(&format!(
+                "\n  {}@{}: links {} clients {}",
+                self.cluster,
+                n.name,
+                json!(links),
+                json!(clients)
+            ));
+        }
+        out
     }
 
     pub fn dump_logs(&self) {
