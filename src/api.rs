@@ -1,5 +1,6 @@
-//! HTTP admin API (axum) and Prometheus `/metrics`. Read-only views of the broker plus the
-//! client kick. Served by a task the node owns; stops with the broker's shutdown token.
+//! HTTP admin API (axum) and Prometheus `/metrics`: views of the broker, the client kick,
+//! cluster membership and link management. Guarded by API keys (see [`guard`]). Served by a
+//! task the node owns; stops with the broker's shutdown token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,10 +20,18 @@ struct ApiState {
     broker: Arc<Broker>,
     node: Arc<str>,
     started: Instant,
+    /// API keys and their secrets; empty: open to whoever reaches the (loopback) bind.
+    keys: Arc<Vec<(String, strait_raft::Secret)>>,
+    /// `Authorization` header value this node sends to another node's API (its first key).
+    own: Option<Arc<str>>,
 }
 
-pub fn router(broker: Arc<Broker>, node: String) -> Router {
-    let state = ApiState { broker, node: node.into(), started: Instant::now() };
+pub fn router(broker: Arc<Broker>, node: String, keys: Vec<(String, strait_raft::Secret)>) -> Router {
+    use base64::Engine;
+    let own = keys.first().map(|(k, sec)| {
+        Arc::from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{k}:{}", sec.0))))
+    });
+    let state = ApiState { broker, node: node.into(), started: Instant::now(), keys: Arc::new(keys), own };
     Router::new()
         .route("/api/v5/status", get(status))
         .route("/api/v5/clients", get(clients))
@@ -38,12 +47,66 @@ pub fn router(broker: Arc<Broker>, node: String) -> Router {
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, broker: Arc<Broker>, node: String) {
+/// Every route but `/api/v5/status` (a health check that says only "running") needs an API key
+/// when keys are configured (HTTP Basic `key:secret`, EMQX's convention). A request with a
+/// body must say `Content-Type: application/json`, and a browser's cross-site request (it
+/// carries `Origin`) may not change anything: a web page cannot drive the API.
+async fn guard(State(s): State<ApiState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = req.headers();
+    let open = req.uri().path() == "/api/v5/status";
+    if !open && !s.keys.is_empty() && !authorized(&s.keys, headers.get(header::AUTHORIZATION)) {
+        s.broker.metrics.api_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body =
+            json!({"code": "BAD_API_KEY_OR_SECRET", "message": "this API needs an API key: HTTP Basic key:secret"});
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"strait\"")], Json(body))
+            .into_response();
+    }
+    let method = req.method();
+    let changes = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    if changes && headers.contains_key(header::ORIGIN) {
+        let body = json!({"code": "FORBIDDEN", "message": "cross-origin requests may not change anything"});
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
+    let has_body = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if has_body && !json_type {
+        let body = json!({"code": "UNSUPPORTED_MEDIA_TYPE", "message": "a request body must be Content-Type: application/json"});
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+/// HTTP Basic `key:secret` against the configured keys (the secret compared in constant time).
+fn authorized(keys: &[(String, strait_raft::Secret)], value: Option<&axum::http::HeaderValue>) -> bool {
+    use base64::Engine;
+    let Some(b64) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic ")) else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
+    let Ok(text) = String::from_utf8(raw) else { return false };
+    let Some((key, secret)) = text.split_once(':') else { return false };
+    keys.iter().any(|(k, sec)| {
+        let (a, b) = (secret.as_bytes(), sec.0.as_bytes());
+        k == key && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    })
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    node: String,
+    keys: Vec<(String, strait_raft::Secret)>,
+) {
     let token = broker.shutdown.clone();
-    let app = router(broker, node);
+    let app = router(broker, node, keys);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
         tracing::error!(error = %e, "api.serve failed");
     }
@@ -202,7 +265,7 @@ async fn leader_links(s: &ApiState) -> Vec<serde_json::Value> {
     let Some(leader) = l.leader.filter(|id| *id != c.id) else { return local_links(s) };
     let api = c.read(move |st| st.nodes.get(&leader).and_then(|n| n.api.clone())).await;
     if let Some(api) = api {
-        if let Some(v) = http_get_json(&api, "/api/v5/cluster/links?local=true").await {
+        if let Some(v) = http_get_json(&api, "/api/v5/cluster/links?local=true", s.own.as_deref()).await {
             if let Some(data) = v["data"].as_array() {
                 return data.clone();
             }
@@ -212,11 +275,12 @@ async fn leader_links(s: &ApiState) -> Vec<serde_json::Value> {
 }
 
 /// A small HTTP/1.1 GET to another node's API (2 s bound); its JSON body.
-async fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+async fn http_get_json(addr: &str, path: &str, auth: Option<&str>) -> Option<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
@@ -307,7 +371,7 @@ async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
     }
 }
 
-/// A JSON body (with or without a `Content-Type: application/json` header); 400 otherwise.
+/// A JSON body (`guard` has checked its `Content-Type`); 400 otherwise.
 struct JsonBody(serde_json::Value);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
@@ -396,6 +460,7 @@ async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, JsonBo
         return bad_request(format!("name: a link cannot be renamed (the path names {name})"));
     }
     let mut merged = crate::config::link_to_json(&old, true);
+    let new_password = changes.get("password").is_some_and(|p| p != "******");
     for (k, val) in changes {
         if k == "password" && val == "******" {
             continue;
@@ -406,6 +471,13 @@ async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, JsonBo
         Ok(l) => l,
         Err(e) => return bad_request(e),
     };
+    // Stored credentials are never sent to an address they were not given for.
+    if l.server != old.server && old.password.is_some() && !new_password {
+        return bad_request(
+            "password: changing a link's server requires its password again (stored credentials are never sent to a new address)"
+                .into(),
+        );
+    }
     let spec = crate::config::link_to_json(&l, true).to_string();
     match commit_link(&s, &name, Some(spec), !l.enable, true).await {
         Err(e) => return unavailable(e),

@@ -260,13 +260,19 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiConfig {
     pub enable: bool,
-    /// 0.0.0.0:18083
+    /// 127.0.0.1:18083: reachable from this machine only unless configured.
     pub bind: SocketAddr,
+    /// keys `api.api_key` + `api.api_secret`, and the lines `key:secret[:role]` of
+    /// `api.bootstrap_file` (EMQX's `api_key.bootstrap_file` format): callers authenticate with
+    /// HTTP Basic `key:secret`. Empty: only a loopback bind is allowed, and it is open to local
+    /// users.
+    #[serde(skip)]
+    pub keys: Vec<(String, strait_raft::Secret)>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { enable: true, bind: any_addr(18083) }
+        ApiConfig { enable: true, bind: SocketAddr::from(([127, 0, 0, 1], 18083)), keys: Vec::new() }
     }
 }
 
@@ -329,6 +335,11 @@ pub struct RaftTiming {
     /// key `cluster.raft.node_down_after`: a node unreachable this long has its sessions
     /// marked disconnected and their wills published by the leader.
     pub node_down_after: Duration,
+    /// key `cluster.raft.secret` (or `secret_file`): the secret every node of the cluster
+    /// shares; an RPC that does not prove it is refused before anything is read. Required with
+    /// seeds.
+    #[serde(skip)]
+    pub secret: Option<strait_raft::Secret>,
 }
 
 impl Default for RaftTiming {
@@ -342,6 +353,7 @@ impl Default for RaftTiming {
             snapshot_every: 10_000,
             commit_timeout: Duration::from_secs(5),
             node_down_after: Duration::from_secs(5),
+            secret: None,
         }
     }
 }
@@ -775,7 +787,8 @@ const MQTT: Schema = Schema::Obj(&[
     ("connect_timeout", L),
     ("max_subscriptions", L),
 ]);
-const API: Schema = Schema::Obj(&[("enable", L), ("bind", L)]);
+const API: Schema =
+    Schema::Obj(&[("enable", L), ("bind", L), ("api_key", L), ("api_secret", L), ("bootstrap_file", L)]);
 const AUTHN: Schema = Schema::Obj(&[("allow_anonymous", L), ("password_file", L)]);
 const AUTHZ: Schema = Schema::Obj(&[("acl_file", L), ("no_match", L)]);
 const LINK_SSL: Schema =
@@ -802,6 +815,8 @@ const RAFT: Schema = Schema::Obj(&[
     ("snapshot_every", L),
     ("commit_timeout", L),
     ("node_down_after", L),
+    ("secret", L),
+    ("secret_file", L),
 ]);
 const CLUSTER: Schema = Schema::Obj(&[
     ("name", L),
@@ -1553,7 +1568,50 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
 
 fn decode_api(o: &Obj) -> R<ApiConfig> {
     let d = ApiConfig::default();
-    Ok(ApiConfig { enable: o.bool("enable", d.enable)?, bind: o.bind("bind", Some(d.bind))? })
+    let enable = o.bool("enable", d.enable)?;
+    let bind = o.bind("bind", Some(d.bind))?;
+    let mut keys = Vec::new();
+    match (o.string("api_key")?, o.string("api_secret")?) {
+        (Some(k), Some(sec)) => keys.push(api_key(o.key("api_secret"), k, sec)?),
+        (Some(_), None) => return Err(Fail::new(o.key("api_secret"), "required with api_key")),
+        (None, Some(_)) => return Err(Fail::new(o.key("api_key"), "required with api_secret")),
+        (None, None) => {}
+    }
+    if let Some(p) = o.path("bootstrap_file")? {
+        let key = o.key("bootstrap_file");
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| Fail::new(key.clone(), format!("cannot read {}: {e}", p.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.splitn(3, ':');
+            let (k, sec) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let here = format!("{key} ({} line {})", p.display(), i + 1);
+            keys.push(api_key(here, k.to_string(), sec.to_string())?);
+        }
+    }
+    if enable && keys.is_empty() && !bind.ip().is_loopback() {
+        return Err(Fail::new(
+            o.key("bind"),
+            format!(
+                "{bind} is reachable from other machines: set api.api_key and api.api_secret (or \
+                 api.bootstrap_file) so that callers must authenticate, or bind to 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(ApiConfig { enable, bind, keys })
+}
+
+fn api_key(key: String, k: String, secret: String) -> R<(String, strait_raft::Secret)> {
+    if k.is_empty() || k.contains(':') {
+        return Err(Fail::new(key, "an API key must be non-empty and without ':'"));
+    }
+    if secret.chars().count() < 16 {
+        return Err(Fail::new(key, format!("the secret of API key {k:?} is too short: at least 16 characters")));
+    }
+    Ok((k, strait_raft::Secret(secret)))
 }
 
 fn decode_authn(o: &Obj) -> R<AuthnConfig> {
@@ -1623,7 +1681,16 @@ fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {
             }
         })
         .collect::<R<Vec<_>>>()?;
-    let raft = decode_raft(&o.sub("raft", &RAFT)?)?;
+    let ro = o.sub("raft", &RAFT)?;
+    let raft = decode_raft(&ro)?;
+    if !seeds.is_empty() && raft.secret.is_none() {
+        return Err(Fail::new(
+            ro.key("secret"),
+            "required in a cluster (cluster.static.seeds is set): the same secret on every node, at least 16 \
+             characters (e.g. from `openssl rand -hex 24`), or secret_file naming a file that holds it; \
+             a peer that does not prove it is refused",
+        ));
+    }
     let links_key = o.key("links");
     let items: &[Node] = match o.get("links") {
         None => &[],
@@ -1673,7 +1740,26 @@ fn decode_raft(o: &Obj) -> R<RaftTiming> {
         snapshot_every,
         commit_timeout: o.duration("commit_timeout", d.commit_timeout, false)?,
         node_down_after: o.duration("node_down_after", d.node_down_after, false)?,
+        secret: decode_secret(o)?,
     })
+}
+
+/// `secret` or `secret_file` (its contents, trimmed); at least 16 characters.
+fn decode_secret(o: &Obj) -> R<Option<strait_raft::Secret>> {
+    let (key, secret) = match (o.string("secret")?, o.path("secret_file")?) {
+        (Some(_), Some(_)) => return Err(Fail::new(o.key("secret_file"), "set secret or secret_file, not both")),
+        (Some(s), None) => (o.key("secret"), s),
+        (None, Some(p)) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| Fail::new(o.key("secret_file"), format!("cannot read {}: {e}", p.display())))?;
+            (o.key("secret_file"), text.trim().to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    if secret.chars().count() < 16 {
+        return Err(Fail::new(key, "too short: at least 16 characters (e.g. from `openssl rand -hex 24`)"));
+    }
+    Ok(Some(strait_raft::Secret(secret)))
 }
 
 /// A link from the HTTP API's JSON body: the keys, defaults and checks of `cluster.links[]`
@@ -1946,8 +2032,16 @@ listeners {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/emqx_link.conf");
         assert_eq!(Config::load(&path, no_env()).unwrap(), c);
         // seeds: a list or a comma-separated string (here from the environment)
-        let c = Config::load(&path, env(&[("STRAIT_CLUSTER__STATIC__SEEDS", "s@a, s@b")])).unwrap();
+        let secret = ("STRAIT_CLUSTER__RAFT__SECRET", "0123456789abcdef");
+        let c = Config::load(&path, env(&[("STRAIT_CLUSTER__STATIC__SEEDS", "s@a, s@b"), secret])).unwrap();
         assert_eq!(c.cluster.seeds, vec!["s@a", "s@b"]);
+        // A cluster without a secret does not start; a short one neither.
+        let e = Config::load(&path, env(&[("STRAIT_CLUSTER__STATIC__SEEDS", "s@a")])).unwrap_err().to_string();
+        assert!(e.contains("cluster.raft.secret") && e.contains("required"), "{e}");
+        let short = ("STRAIT_CLUSTER__RAFT__SECRET", "short");
+        let e = Config::load(&path, env(&[("STRAIT_CLUSTER__STATIC__SEEDS", "s@a"), short])).unwrap_err().to_string();
+        assert!(e.contains("cluster.raft.secret") && e.contains("too short"), "{e}");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "the secret never shows in Debug output");
     }
 
     #[test]

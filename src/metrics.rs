@@ -8,6 +8,8 @@ pub struct Metrics {
     pub connections: AtomicI64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// HTTP API requests refused for want of a valid API key.
+    pub api_denied: AtomicU64,
     pub sessions: AtomicI64,
     pub subscriptions: AtomicI64,
     pub retained: AtomicI64,
@@ -50,6 +52,13 @@ impl Metrics {
             "Connections refused (CONNACK failure or limit)",
             "counter",
             ld(&self.connections_refused),
+        );
+        g(
+            &mut s,
+            "strait_api_denied_total",
+            "HTTP API requests without a valid API key",
+            "counter",
+            ld(&self.api_denied),
         );
         g(&mut s, "strait_sessions", "Sessions (connected and persistent)", "gauge", li(&self.sessions));
         g(&mut s, "strait_subscriptions", "Subscriptions", "gauge", li(&self.subscriptions));

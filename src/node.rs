@@ -101,7 +101,7 @@ impl Node {
             Some(l) => {
                 let addr = l.local_addr().ok();
                 tracing::info!(addr = ?addr, "api.started");
-                tracker.spawn(api::serve(l, broker.clone(), cfg.node.name.clone()));
+                tracker.spawn(api::serve(l, broker.clone(), cfg.node.name.clone(), cfg.api.keys.clone()));
                 addr
             }
             None => None,

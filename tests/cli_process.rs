@@ -36,6 +36,15 @@ fn check_config_exit_codes_and_messages() {
     let (code, err) = check("a = [1, 2\n");
     assert_eq!(code, 2);
     assert!(err.starts_with("FILE:"), "a syntax error names the file and position: {err}");
+    // Secure by default: an API reachable from elsewhere needs keys; a cluster needs a secret.
+    let (code, err) = check("api.bind = \"0.0.0.0:18083\"");
+    assert_eq!(code, 2);
+    assert!(err.starts_with("FILE: api.bind: ") && err.contains("api_key"), "{err}");
+    let keyed = "api { bind = \"0.0.0.0:18083\", api_key = ops, api_secret = \"0123456789abcdef\" }";
+    assert_eq!(check(keyed).0, 0, "{}", check(keyed).1);
+    let (code, err) = check("cluster.static.seeds = [\"a@127.0.0.1\"]\nnode.name = \"a@127.0.0.1\"");
+    assert_eq!(code, 2);
+    assert!(err.starts_with("FILE: cluster.raft.secret: required"), "{err}");
     // Every shipped example config must pass.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut found = 0;

@@ -227,7 +227,8 @@ async fn garbage_on_the_raft_port_and_nodes_of_other_clusters_disturb_nothing() 
     let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default()
         + &std::fs::read_to_string(&c.nodes[1].log).unwrap_or_default()
         + &std::fs::read_to_string(&c.nodes[2].log).unwrap_or_default();
-    assert!(log.contains("refused an RPC from another cluster"), "the refusal is logged");
+    // Its proof of membership binds its cluster's name: even with the same secret, refused.
+    assert!(log.contains("refused an RPC without this cluster's secret"), "the refusal is logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,7 +340,7 @@ fn strait_cluster(
         let cfg = format!(
             "node {{ name = \"n{id}@127.0.0.1\", data_dir = \"{data}\" }}\n\
              cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 100ms, election_timeout = 300ms }}\n\
+               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 100ms, election_timeout = 300ms, secret = \"bench-{cluster}-secret-0123456789\" }}\n\
                links = {links}\n}}\n\
              listeners.tcp.default {{ bind = \"127.0.0.1:{mqtt}\", max_connections = 200000 }}\n\
              listeners.tcp.clink {{ bind = \"127.0.0.1:{clink}\" }}\n\

@@ -48,6 +48,10 @@ pub fn mqtt_addr(id: u32) -> SocketAddr {
     SocketAddr::from((ip_of(id), MQTT_PORT))
 }
 
+/// The nodes' API listens on their test-network address: it needs a key.
+const API_KEY: &str = "jepsen";
+const API_SECRET: &str = "jepsen-api-secret-0123456789";
+
 pub fn api_addr(id: u32) -> SocketAddr {
     SocketAddr::from((ip_of(id), API_PORT))
 }
@@ -70,11 +74,11 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> Stri
     format!(
         "node {{ name = \"n{id}@{ip}\", data_dir = \"{data}\" }}\n\
          cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms }}\n\
+           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms, secret = \"jepsen-{cluster}-secret-0123456789\" }}\n\
            links = {links}\n}}\n\
          listeners.tcp.default.bind = \"{ip}:{MQTT_PORT}\"\n\
          listeners.tcp.clink.bind = \"{ip}:{CLINK_PORT}\"\n\
-         api.bind = \"{ip}:{API_PORT}\"\n\
+         api {{ bind = \"{ip}:{API_PORT}\", api_key = \"{API_KEY}\", api_secret = \"{API_SECRET}\" }}\n\
          mqtt {{ session_expiry_interval = 1h }}\n\
          log.level = info\n",
         data = data.display(),
@@ -316,7 +320,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:{API_SECRET}"));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     if !out.starts_with("HTTP/1.1 200") {

@@ -18,7 +18,7 @@ pub mod store;
 
 pub use dedup::{Applied, Proposal, RequestId};
 pub use net::Faults;
-pub use node::{Leadership, ProposeError, RaftConfig, RaftNode, StartError};
+pub use node::{Leadership, ProposeError, RaftConfig, RaftNode, Secret, StartError};
 pub use openraft::ServerState;
 
 use std::fmt;

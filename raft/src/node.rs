@@ -66,6 +66,19 @@ pub struct RaftConfig {
     /// committed one after the other (group commit). More than 1 trades that order (concurrent
     /// batches, forwarded ones especially, may land in any order) for throughput.
     pub max_in_flight: usize,
+    /// The cluster's shared secret: every RPC proves it, and one that does not is refused
+    /// before anything else is looked at. None: unauthenticated (tests, loopback only).
+    pub secret: Option<Secret>,
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Default for RaftConfig {
@@ -83,6 +96,7 @@ impl Default for RaftConfig {
             propose_timeout: Duration::from_secs(5),
             max_batch: 1024,
             max_in_flight: 1,
+            secret: None,
         }
     }
 }
@@ -217,7 +231,7 @@ impl<S: StateMachine> RaftNode<S> {
         let ocfg = Arc::new(cfg.openraft()?);
         let (log, sm) = store::open_with::<S>(dir, state)
             .map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
-        let me = Identity { cluster: Arc::from(cfg.cluster.as_str()), id: cfg.id };
+        let me = Identity::new(&cfg.cluster, cfg.id, cfg.secret.as_ref().map(|s| s.0.as_str()));
         let network = Network { me: me.clone(), faults: faults.clone(), connect_timeout: cfg.election_min };
         let raft = openraft::Raft::new(cfg.id, ocfg, network, log, sm.clone())
             .instrument(span.clone())

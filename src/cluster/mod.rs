@@ -151,12 +151,13 @@ impl Cluster {
             snapshot_every: t.snapshot_every,
             keep_after_snapshot: 1_000,
             propose_timeout: t.commit_timeout,
+            secret: t.secret.clone(),
             ..Default::default()
         };
         let listener = tokio::net::TcpListener::bind(t.bind)
             .await
             .map_err(|source| ClusterError::Bind { addr: t.bind, source })?;
-        let me = Identity { cluster: Arc::from(cfg.cluster.name.as_str()), id };
+        let me = Identity::new(&cfg.cluster.name, id, t.secret.as_ref().map(|s| s.0.as_str()));
         let faults = Arc::new(Faults::default());
         let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
         let (etx, erx) = mpsc::unbounded_channel();

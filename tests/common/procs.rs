@@ -34,6 +34,12 @@ pub struct ProcCluster {
 /// released for the nodes to bind moments later.
 /// Never hands out the same port twice in one test process (clusters of one test are
 /// configured one after the other, so a released port could otherwise come back).
+/// The cluster secret of every test cluster.
+pub const TEST_SECRET: &str = "strait-test-cluster-secret";
+/// The API key of every test cluster (its API needs it, as in production).
+pub const TEST_API_KEY: &str = "test";
+pub const TEST_API_SECRET: &str = "strait-test-api-secret";
+
 pub fn free_ports(n: usize) -> Vec<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,9 +90,9 @@ impl ProcCluster {
         for (i, n) in nodes.iter().enumerate() {
             let text = format!(
                 "node {{ name = \"{name}\", data_dir = \"{data}\" }}\n\
-                 cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n  raft {{ bind = \"127.0.0.1:{raft}\", election_timeout = 300ms, node_down_after = 2s, commit_timeout = 3s }}\n}}\n\
+                 cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n  raft {{ bind = \"127.0.0.1:{raft}\", election_timeout = 300ms, node_down_after = 2s, commit_timeout = 3s, secret = \"{TEST_SECRET}\" }}\n}}\n\
                  listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\n\
-                 api.bind = \"127.0.0.1:{api}\"\n{extra}\n",
+                 api {{ bind = \"127.0.0.1:{api}\", api_key = {TEST_API_KEY}, api_secret = \"{TEST_API_SECRET}\" }}\n{extra}\n",
                 name = n.name,
                 data = dir.path().join(format!("data{}", i + 1)).display(),
                 seeds = seed_list.join(", "),
@@ -354,13 +360,21 @@ impl Drop for ProcCluster {
     }
 }
 
-/// A minimal HTTP/1.1 request; returns (status, body).
+/// The `Authorization` header line for the test clusters' API key.
+pub fn test_api_auth() -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{TEST_API_KEY}:{TEST_API_SECRET}"));
+    format!("Authorization: Basic {b64}")
+}
+
+/// A minimal HTTP/1.1 request with the test API key; returns (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        test_api_auth(),
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;

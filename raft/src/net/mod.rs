@@ -55,10 +55,13 @@ pub type WriteResult = Result<ClientWriteResponse<C>, WriteError>;
 const META_CLUSTER: &str = "strait-cluster";
 const META_FROM: &str = "strait-from";
 const META_TO: &str = "strait-to";
+const META_AUTH: &str = "strait-auth";
 /// Snapshot chunk size on the wire.
 const CHUNK: usize = 1 << 20;
 /// Largest message accepted (an append batch or a forwarded proposal).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest snapshot a node takes in (it is held in memory while it installs).
+pub const MAX_SNAPSHOT: usize = 4 << 30;
 
 /// A membership request, forwarded to the leader when made on a follower.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,10 +129,56 @@ impl Faults {
 }
 
 /// Identity every RPC carries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     pub cluster: Arc<str>,
     pub id: u64,
+    /// Proof of membership every RPC carries and every RPC must carry (from the cluster
+    /// secret); None: no secret configured, anyone who reaches the port is a peer.
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("cluster", &self.cluster).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// `secret`: the cluster's shared secret. The token derived from it (SHA-256 over a domain
+    /// tag, the cluster name and the secret) goes with every RPC; the secret itself never
+    /// leaves the node.
+    pub fn new(cluster: &str, id: u64, secret: Option<&str>) -> Identity {
+        let token = secret.map(|s| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"strait-raft-v1\0");
+            h.update(cluster.as_bytes());
+            h.update(b"\0");
+            h.update(s.as_bytes());
+            let d = h.finalize();
+            Arc::from(d.iter().map(|b| format!("{b:02x}")).collect::<String>().as_str())
+        });
+        Identity { cluster: Arc::from(cluster), id, token }
+    }
+
+    /// Check that a request proves membership; the refusal names nothing of this cluster.
+    pub(crate) fn authenticate(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let Some(want) = &self.token else { return Ok(()) };
+        let got = md.get(META_AUTH).map(|v| v.as_bytes()).unwrap_or_default();
+        // Constant time over the token's length.
+        let same =
+            got.len() == want.len() && got.iter().zip(want.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(())
+        } else {
+            tracing::warn!(
+                from = md.get(META_FROM).and_then(|v| v.to_str().ok()).unwrap_or("?"),
+                "refused an RPC without this cluster's secret"
+            );
+            Err(Status::unauthenticated("not a member of this cluster"))
+        }
+    }
 }
 
 fn io_err(msg: impl ToString) -> std::io::Error {
@@ -191,6 +240,9 @@ pub(crate) fn request<T>(me: &Identity, target: u64, body: T) -> Request<T> {
         md.insert(META_CLUSTER, v);
     }
     md.insert(META_FROM, MetadataValue::from(me.id));
+    if let Some(t) = me.token.as_deref().and_then(|t| MetadataValue::try_from(t).ok()) {
+        md.insert(META_AUTH, t);
+    }
     md.insert(META_TO, MetadataValue::from(target));
     req
 }
@@ -230,6 +282,28 @@ impl Peer {
         let r: Result<Resp, String> = decode_raft(&resp).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         r.map_err(|e| RPCError::Network(NetworkError::new(&io_err(format!("node {}: {e}", self.target)))))
     }
+}
+
+/// One raw unary RPC (`append`, `vote`, `pre_vote`, `forward`, `admin`) to the node at `addr`
+/// as `me`, with `body` as is: for diagnostics and for tests that play a hostile peer. The error
+/// is the gRPC code and message.
+pub async fn raw_call(addr: &str, me: &Identity, target: u64, method: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut c = client(channel(addr, Duration::from_secs(2))?);
+    let req = request(me, target, Bytes::from(body));
+    let r = match method {
+        "append" => c.append(req).await,
+        "vote" => c.vote(req).await,
+        "pre_vote" => c.pre_vote(req).await,
+        "forward" => c.forward(req).await,
+        "admin" => c.admin(req).await,
+        other => return Err(format!("no method {other}")),
+    };
+    r.map(|r| r.into_inner().to_vec()).map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// `raw_call`'s body for an openraft message or an [`AdminRequest`]: the version byte and JSON.
+pub fn raw_body<T: Serialize>(v: &T) -> Vec<u8> {
+    encode_raft(v).unwrap_or_default()
 }
 
 fn status_error(status: Status) -> RPCError<C> {
@@ -328,6 +402,7 @@ impl<S: StateMachine> Service<S> {
     /// Check the caller's identity; apply injected faults.
     async fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let md = req.metadata();
+        self.me.authenticate(md)?;
         let cluster = md.get(META_CLUSTER).and_then(|v| v.to_str().ok()).unwrap_or("");
         if cluster != &*self.me.cluster {
             tracing::warn!(theirs = cluster, ours = %self.me.cluster, "refused an RPC from another cluster");
@@ -394,7 +469,11 @@ impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
         let header: SnapshotHeader = parse(&header)?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk?);
+            let chunk = chunk?;
+            if data.len() + chunk.len() > MAX_SNAPSHOT {
+                return Err(Status::resource_exhausted(format!("snapshot larger than {MAX_SNAPSHOT} bytes")));
+            }
+            data.extend_from_slice(&chunk);
         }
         tracing::info!(bytes = data.len(), last = ?header.meta.last_log_id, "installing snapshot");
         let snapshot = SnapshotOf::<C, Cursor<Vec<u8>>> { meta: header.meta, snapshot: Cursor::new(data) };
@@ -405,6 +484,11 @@ impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
     async fn forward(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.admit(&request).await?;
         let body = request.into_inner();
+        // Only a batch this node could apply becomes an entry (an undecodable one would be
+        // skipped by every replica, but it never gets that far).
+        if let Err(e) = crate::decode::<Vec<crate::Proposal<S::Command>>>(&body) {
+            return Err(Status::invalid_argument(format!("not a proposal: {e}")));
+        }
         let r: WriteResult = self.raft.client_write(crate::Request(body.to_vec())).await;
         reply(&r)
     }

@@ -51,6 +51,7 @@ struct PeerSvc<H> {
 impl<H: PeerHandler> pb::peer_server::Peer for PeerSvc<H> {
     async fn stream(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Bytes>, Status> {
         let md = request.metadata();
+        self.me.authenticate(md)?;
         let cluster = md.get(super::META_CLUSTER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if cluster != *self.me.cluster {
             return Err(Status::failed_precondition(format!(

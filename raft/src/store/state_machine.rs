@@ -152,10 +152,20 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(req) => {
-                    let batch: Vec<Proposal<S::Command>> = decode(&req.0)?;
                     let index = entry.log_id.index;
-                    let inner = &mut *inner;
-                    Response(encode(&inner.dedup.apply(&mut inner.sm, index, batch))?)
+                    match decode::<Vec<Proposal<S::Command>>>(&req.0) {
+                        Ok(batch) => {
+                            let inner = &mut *inner;
+                            Response(encode(&inner.dedup.apply(&mut inner.sm, index, batch))?)
+                        }
+                        // Proposals are checked before they are proposed, so this is an entry
+                        // from an older or foreign writer: every replica skips it alike (the
+                        // state stays identical), and it can never stop the state machine.
+                        Err(e) => {
+                            tracing::error!(index, "skipped a committed entry that does not decode: {e}");
+                            Response::default()
+                        }
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);

@@ -1,0 +1,213 @@
+//! Hostile peers on every port, reproduced exactly as a security review ran them against real
+//! processes: each attack now fails and the cluster keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::procs::{http_get, ProcCluster, TEST_API_KEY, TEST_API_SECRET, TEST_SECRET};
+use common::raw::{publish, Raw};
+use serde_json::Value;
+use strait::mqtt::packet::{Packet, Protocol, QoS};
+use strait_raft::net::{raw_body, raw_call, AdminRequest, Identity};
+
+fn init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn json(port: u16, path: &str) -> Value {
+    let (code, body) = http_get(port, path).expect("the API answers");
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Publish on node `from`, receive on node `to`: the cluster serves.
+async fn serves(c: &ProcCluster, from: usize, to: usize, topic: &str) {
+    let (mut sub, _) = Raw::connect(addr(c.nodes[to].mqtt), Protocol::V5, &format!("sec-sub-{topic}")).await;
+    assert_eq!(sub.subscribe(topic, QoS::AtLeastOnce).await, vec![1]);
+    let (mut p, _) = Raw::connect(addr(c.nodes[from].mqtt), Protocol::V5, &format!("sec-pub-{topic}")).await;
+    assert_eq!(p.publish(publish(topic, QoS::AtLeastOnce, b"still serving", 1)).await, 0);
+    match sub.next(Duration::from_secs(10)).await {
+        common::raw::Got::Packet(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"still serving"),
+        other => panic!("the cluster stopped serving: {other:?}"),
+    }
+}
+
+/// The Raft/gRPC port answers nothing to a caller without the cluster secret (not even the
+/// cluster's name): a garbage `Forward`, an `Admin` add-learner + change-membership naming a
+/// fake voter, an `Append` at term u64::MAX all fail, and the cluster keeps its leader, term
+/// and members. A caller that does hold the secret still cannot commit an entry that does not
+/// decode (it used to stop every node's state machine, for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_port_refuses_callers_without_the_cluster_secret() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    let leader = c.wait_ready(&[0, 1, 2]).await;
+    let before = json(c.nodes[0].api, "/api/v5/cluster");
+    let term = c.status(leader).expect("status")["term"].clone();
+    let ids: Vec<u64> = before["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    assert_eq!(ids.len(), 3, "{before}");
+    let target = |i: usize| -> (String, u64) {
+        let name = &c.nodes[i].name;
+        let id = before["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == name.as_str()))
+            .and_then(|n| n["id"].as_str())
+            .and_then(|s| s.parse().ok())
+            .expect("node id");
+        (format!("127.0.0.1:{}", c.nodes[i].raft), id)
+    };
+    let (raft, id) = target(leader);
+
+    // Strangers: no secret; the right cluster name with a wrong secret.
+    for me in [Identity::new("guess", 7, None), Identity::new(&c.cluster, 7, Some("a-wrong-secret-of-16+"))] {
+        let garbage: Vec<u8> = (0u8..25).map(|b| b.wrapping_mul(37)).collect();
+        let e = raw_call(&raft, &me, id, "forward", garbage).await.expect_err("a garbage Forward is refused");
+        assert!(e.starts_with("Unauthenticated"), "{e}");
+        assert!(!e.contains(&c.cluster), "a refusal names nothing of the cluster: {e}");
+        let add = raw_body(&AdminRequest::AddLearner { id: 99, addr: "127.0.0.1:1".into() });
+        let e = raw_call(&raft, &me, id, "admin", add).await.expect_err("add-learner is refused");
+        assert!(e.starts_with("Unauthenticated"), "{e}");
+        let change = raw_body(&AdminRequest::ChangeMembership { voters: [ids[0], 99].into(), retain: false });
+        let e = raw_call(&raft, &me, id, "admin", change).await.expect_err("change-membership is refused");
+        assert!(e.starts_with("Unauthenticated"), "{e}");
+        let huge = format!(
+            "\u{1}{{\"vote\":{{\"leader_id\":{{\"term\":{},\"node_id\":7}},\"committed\":true}},\"prev_log_id\":null,\"entries\":[],\"leader_commit\":null}}",
+            u64::MAX
+        );
+        for m in ["append", "vote", "pre_vote"] {
+            let e = raw_call(&raft, &me, id, m, huge.clone().into_bytes()).await.expect_err("refused");
+            assert!(e.starts_with("Unauthenticated"), "{m}: {e}");
+        }
+    }
+
+    // A caller holding the secret: an undecodable proposal never becomes an entry.
+    let member = Identity::new(&c.cluster, ids[0], Some(TEST_SECRET));
+    let e = raw_call(&raft, &member, id, "forward", vec![1, 0xff, 0xfe, 0xfd]).await.expect_err("refused");
+    assert!(e.starts_with("InvalidArgument") && e.contains("not a proposal"), "{e}");
+
+    // Nothing moved: same leader, same term, same three members; every node serves.
+    assert_eq!(c.wait_ready(&[0, 1, 2]).await, leader, "same leader");
+    assert_eq!(c.status(leader).expect("status")["term"], term, "no election was disturbed");
+    let after = json(c.nodes[0].api, "/api/v5/cluster");
+    assert_eq!(after["nodes"].as_array().map(|a| a.len()), Some(3), "{after}");
+    serves(&c, 1, 2, "sec/raft").await;
+    // And after a restart (an entry that had stopped the state machine stopped it again on
+    // every replay).
+    c.kill(leader);
+    c.spawn(leader);
+    c.wait_ready(&[0, 1, 2]).await;
+    serves(&c, leader, (leader + 1) % 3, "sec/restart").await;
+}
+
+/// One HTTP/1.1 request with the given extra header lines; (status, body).
+fn http_with(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+fn basic(key: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}")))
+}
+
+/// The HTTP API with keys configured: nothing without a valid key (but the health check), a
+/// body must be JSON (a web page's text/plain POST used to create a link), a cross-site request
+/// changes nothing, a link's stored password is never returned and never follows a new `server`
+/// unless given again; the nodes still read each other's API (the leader's link view).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_wants_a_key_json_bodies_and_never_leaks_a_link_password() {
+    init();
+    // Every test cluster's API has a key (TEST_API_KEY).
+    let c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let api = c.nodes[1].api;
+    let ok = basic(TEST_API_KEY, TEST_API_SECRET);
+    let json_type = "Content-Type: application/json";
+
+    assert_eq!(http_with(api, "GET", "/api/v5/status", &[], "").0, 200, "the health check is open");
+    for path in ["/api/v5/clients", "/api/v5/cluster", "/api/v5/cluster/links", "/metrics"] {
+        let (code, body) = http_with(api, "GET", path, &[], "");
+        assert_eq!(code, 401, "{path} without a key: {body}");
+        assert!(body.contains("BAD_API_KEY_OR_SECRET"), "{body}");
+        assert_eq!(
+            http_with(api, "GET", path, &[&basic(TEST_API_KEY, "wrong-secret-0123456789")], "").0,
+            401,
+            "{path}"
+        );
+        assert_eq!(http_with(api, "GET", path, &[&ok], "").0, 200, "{path} with the key");
+    }
+    for (m, p) in [
+        ("DELETE", "/api/v5/clients/x"),
+        ("POST", "/api/v5/cluster/nodes"),
+        ("DELETE", "/api/v5/cluster/nodes/n1@127.0.0.1"),
+    ] {
+        assert_eq!(http_with(api, m, p, &[json_type], "{}").0, 401, "{m} {p} without a key");
+    }
+
+    let link = r#"{"name": "far", "server": "127.0.0.1:1", "username": "u", "password": "p4ss-w0rd-never-shown", "topics": ["t/#"], "enable": false}"#;
+    let (code, body) = http_with(api, "POST", "/api/v5/cluster/links", &[&ok, "Content-Type: text/plain"], link);
+    assert_eq!(code, 415, "a text/plain body: {body}");
+    let (code, body) = http_with(api, "POST", "/api/v5/cluster/links", &[&ok], link);
+    assert_eq!(code, 415, "a body without a Content-Type: {body}");
+    let cross = "Origin: http://evil.example";
+    let (code, body) = http_with(api, "POST", "/api/v5/cluster/links", &[&ok, json_type, cross], link);
+    assert_eq!(code, 403, "a cross-site request: {body}");
+    let (_, links) = http_with(api, "GET", "/api/v5/cluster/links", &[&ok], "");
+    assert!(!links.contains("\"far\""), "refused requests created nothing: {links}");
+    let (code, body) = http_with(api, "POST", "/api/v5/cluster/links", &[&ok, json_type], link);
+    assert_eq!(code, 201, "{body}");
+    assert!(!body.contains("p4ss-w0rd-never-shown"), "the password is never returned: {body}");
+
+    // A new server without the password: refused; with it: accepted.
+    let move_only = r#"{"server": "127.0.0.1:2"}"#;
+    let (code, body) = http_with(api, "PUT", "/api/v5/cluster/links/link/far", &[&ok, json_type], move_only);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("requires its password again"), "{body}");
+    let with_pw = r#"{"server": "127.0.0.1:2", "password": "p4ss-w0rd-never-shown"}"#;
+    let (code, body) = http_with(api, "PUT", "/api/v5/cluster/links/link/far", &[&ok, json_type], with_pw);
+    assert_eq!(code, 200, "{body}");
+    // Other keys change without it (the password stays).
+    let (code, body) =
+        http_with(api, "PUT", "/api/v5/cluster/links/link/far", &[&ok, json_type], r#"{"topics": ["u/#"]}"#);
+    assert_eq!(code, 200, "{body}");
+    for i in 0..3 {
+        let (code, body) = http_with(c.nodes[i].api, "GET", "/api/v5/cluster/links", &[&ok], "");
+        assert_eq!(code, 200);
+        assert!(body.contains("\"far\"") && body.contains("u/#"), "node {i} sees the link: {body}");
+        assert!(!body.contains("p4ss-w0rd-never-shown"), "{body}");
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap_or_default();
+        assert!(!log.contains("p4ss-w0rd-never-shown"), "node {i} logged the password");
+    }
+    let (_, metrics) = http_with(api, "GET", "/metrics", &[&ok], "");
+    assert!(!metrics.contains("strait_api_denied_total 0"), "denials are counted: {metrics}");
+}
