@@ -301,6 +301,11 @@ impl LinkStatus {
 /// Start the node's link manager: it runs one actor per enabled link in force (each acts only
 /// while this node leads) and follows the API's changes.
 pub fn start(cfg: &Config, broker: Arc<Broker>, cancel: CancellationToken, tracker: &TaskTracker) {
+    for l in cfg.cluster.links.iter().filter(|l| l.enable && l.password.is_none()) {
+        tracing::warn!(link = %l.name,
+            "link without a password: any client that reaches a link listener here can claim to be that cluster; \
+             set the same username and password on both sides' link (and TLS)");
+    }
     let ctx = Ctx { broker, cancel, tracker: tracker.clone(), me: cfg.cluster.name.clone() };
     tracker.spawn(manage(ctx).instrument(tracing::info_span!("links")));
 }
@@ -785,7 +790,8 @@ fn on_publish(link: &LinkConfig, ctx: &Ctx, status: &Arc<LinkStatus>, p: RPublis
             match k.as_str() {
                 LINK_SEQ_PROPERTY => seq = v.parse::<u64>().ok(),
                 LINK_QOS_PROPERTY => {
-                    if let Ok(q) = v.parse::<u8>() {
+                    // The publisher's QoS, within what this cluster allows.
+                    if let Some(q) = v.parse::<u8>().ok().filter(|q| *q <= ctx.broker.mqtt.max_qos_allowed) {
                         qos = QoS::from_u8(q).unwrap_or(qos);
                     }
                 }

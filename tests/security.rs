@@ -211,3 +211,61 @@ async fn the_api_wants_a_key_json_bodies_and_never_leaks_a_link_password() {
     let (_, metrics) = http_with(api, "GET", "/metrics", &[&ok], "");
     assert!(!metrics.contains("strait_api_denied_total 0"), "denials are counted: {metrics}");
 }
+
+/// Link impersonation, both listeners: a client claiming to be the other cluster's link on the
+/// normal listener, one without the link's credentials on the link listener, and one taking
+/// the link session's client id (it used to drain the other region's messages) are all
+/// refused, and the real link, holding the shared credentials, carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_other_cluster_holding_the_link_credentials_is_a_link() {
+    init();
+    let mut east = ProcCluster::configure("cluster-us-east", 3, 3, "");
+    let mut west = ProcCluster::configure("cluster-eu-west", 3, 3, "");
+    let creds = "username = \"link\", password = \"shared-link-password-0123\"";
+    east.link_to_with(&[&west], "[\"#\"]", creds);
+    west.link_to_with(&[&east], "[\"#\"]", creds);
+    for i in 0..3 {
+        east.spawn(i);
+        west.spawn(i);
+    }
+    east.wait_ready(&[0, 1, 2]).await;
+    west.wait_ready(&[0, 1, 2]).await;
+    let (mut sub, _) = Raw::connect(addr(west.nodes[0].mqtt), Protocol::V5, "west-sub").await;
+    assert_eq!(sub.subscribe("linked/#", QoS::AtLeastOnce).await, vec![1]);
+    west.wait_link("cluster-us-east", Some("linked/#")).await;
+    east.wait_link("cluster-eu-west", None).await;
+
+    let claim = |id: &str, user: Option<&str>| {
+        let mut c = common::raw::connect_packet(Protocol::V5, id);
+        for (k, v) in [
+            ("strait-link", "cluster-eu-west"),
+            ("strait-link-version", "1"),
+            ("strait-link-target", "cluster-us-east"),
+        ] {
+            c.properties.user_properties.push((k.to_string(), v.to_string()));
+        }
+        c.username = user.map(String::from);
+        c.password = user.map(|_| bytes::Bytes::from_static(b"a-guessed-password"));
+        c
+    };
+    for i in 0..3 {
+        let n = &east.nodes[i];
+        let (_, ack) = Raw::connect_with(addr(n.mqtt), claim("fake-link", None)).await;
+        assert_eq!(ack.code, 0x87, "a link claim on the normal listener of node {i}");
+        let (_, ack) = Raw::connect_with(addr(n.clink), claim("fake-link", None)).await;
+        assert_eq!(ack.code, 0x86, "a link claim without credentials on the link listener of node {i}");
+        let (_, ack) = Raw::connect_with(addr(n.clink), claim("fake-link", Some("link"))).await;
+        assert_eq!(ack.code, 0x86, "a link claim with a wrong password on node {i}");
+        let c = common::raw::connect_packet(Protocol::V5, "clink-cluster-eu-west");
+        let (_, ack) = Raw::connect_with(addr(n.mqtt), c).await;
+        assert_eq!(ack.code, 0x85, "the link session's client id on the normal listener of node {i}");
+    }
+
+    // The real link was never displaced: a message published in us-east arrives.
+    let (mut p, _) = Raw::connect(addr(east.nodes[1].mqtt), Protocol::V5, "east-pub").await;
+    assert_eq!(p.publish(publish("linked/x", QoS::AtLeastOnce, b"through the link", 1)).await, 0);
+    match sub.next(Duration::from_secs(15)).await {
+        common::raw::Got::Packet(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"through the link"),
+        other => panic!("the link stopped carrying messages: {other:?}; us-east:{}", east.links_report()),
+    }
+}

@@ -263,6 +263,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else if self.link_only && link_from.is_none() {
             tracing::info!(peer = %self.peer, "conn.refused: the link listener accepts only cluster-link clients");
             fail = Some(reason::NOT_AUTHORIZED);
+        } else if !self.link_only && link_from.is_some() {
+            tracing::warn!(peer = %self.peer, remote = ?link_from,
+                "conn.refused: a cluster-link client on a listener that is not a link listener (tcp.clink / ssl.clink)");
+            fail = Some(reason::NOT_AUTHORIZED);
+        } else if let Some(owner) =
+            self.broker.session(&client_id).and_then(|s| s.link_remote()).filter(|r| link_from.as_deref() != Some(&**r))
+        {
+            // A link session's client id is reserved for that link: taking it over would drain
+            // the messages meant for the other region.
+            tracing::warn!(peer = %self.peer, client_id = %client_id, link = %owner,
+                "conn.refused: the client id belongs to another cluster's link session");
+            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if let Some(remote) = link_from.as_deref().filter(|r| *r == self.broker.links.cluster_name()) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: a link from a cluster with this cluster's own name");
             fail = Some(reason::NOT_AUTHORIZED);
@@ -294,7 +306,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 }
             }
         }
-        if fail.is_none() {
+        // A link with a password expects the other cluster's link client to present the same
+        // username and password (the pair is configured on both sides); a link without one is
+        // authenticated like any client (and warned about at startup).
+        let link_secret = link_from.as_deref().and_then(|r| self.broker.links.get(r)).filter(|l| l.password.is_some());
+        if let (None, Some(l)) = (fail, &link_secret) {
+            let same =
+                |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+            let pass_ok =
+                same(c.password.as_deref().unwrap_or_default(), l.password.as_deref().unwrap_or_default().as_bytes());
+            if c.username != l.username || !pass_ok {
+                tracing::warn!(peer = %self.peer, link = %l.name, "conn.refused: a link client without this link's credentials");
+                inc(&self.broker.metrics.auth_failures);
+                fail = Some(reason::BAD_USER_NAME_OR_PASSWORD);
+            }
+        } else if fail.is_none() {
             let user = c.username.as_deref();
             if user.is_none() && c.password.is_none() && !self.broker.authenticate(None, None) {
                 fail = Some(reason::NOT_AUTHORIZED);
