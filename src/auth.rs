@@ -46,12 +46,15 @@
 //!   not match and a `deny` rule does (fail closed). A leading `eq ` means literal equality
 //!   instead of wildcard matching (`eq a/#` only matches subscribing to exactly `a/#`).
 //!
-//! Matching: for publish, the rule's filter must match the topic name. For subscribe, an
-//! `allow` rule matches when its filter covers the requested filter (every topic the
-//! subscription can receive is allowed); a `deny` rule matches when its filter intersects the
-//! requested filter, so `deny all subscribe secret/#` also denies subscribing to `#`. Filters
-//! starting with a wildcard do not reach topics starting with `$` (MQTT-4.7.2-1). A shared
-//! subscription `$share/<group>/<filter>` is checked as `<filter>`.
+//! Matching, as mosquitto and EMQX do it: for publish, the rule's filter must match the topic
+//! name. For subscribe, the filter *as written* is checked: a rule matches when its filter
+//! covers the requested filter (every topic the subscription can receive is under the rule), so
+//! `deny all subscribe secret/#` refuses `secret/#` and `secret/a` but not `#`. Read access is
+//! then enforced per delivered message: a message goes to a subscriber only if the subscribe
+//! rules, matched against its topic name, allow it: a `#` subscriber beside
+//! `deny all subscribe secret/#` receives everything except `secret/...`. Filters starting
+//! with a wildcard do not reach topics starting with `$` (MQTT-4.7.2-1). A shared subscription
+//! `$share/<group>/<filter>` is checked as `<filter>`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,10 +65,14 @@ use base64::Engine;
 use sha2::{Digest, Sha512};
 
 use crate::config::AclVerdict;
-use crate::mqtt::topic::{covers, intersects, matches, parse_shared, valid_filter};
+use crate::mqtt::topic::{covers, matches, parse_shared, valid_filter};
 
-/// Iterations used by [`hash_password`] (mosquitto_passwd's default).
-pub const HASH_ITERATIONS: u32 = 101;
+/// Iterations used by [`hash_password`]. mosquitto_passwd writes 101 (read, never written
+/// here); 100,000 makes an offline guess ~1,000 times dearer. A successful check is cached
+/// (keyed by a per-process secret), so a reconnecting client costs one SHA-256.
+pub const HASH_ITERATIONS: u32 = 100_000;
+/// Verified logins remembered (then the cache starts over).
+const CACHE_MAX: usize = 100_000;
 const SALT_LEN: usize = 12;
 const KEY_LEN: usize = 64;
 
@@ -162,11 +169,13 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Users and password hashes from a mosquitto-format password file.
-#[derive(Clone)]
 pub struct PasswordFile {
     users: HashMap<String, Hash>,
     /// verified against when the user is unknown, so that timing does not reveal usernames
     dummy: Hash,
+    /// username → SHA-256(process key, username, password) of its last successful login
+    verified: std::sync::Mutex<HashMap<String, [u8; 32]>>,
+    cache_key: [u8; 32],
 }
 
 impl fmt::Debug for PasswordFile {
@@ -176,13 +185,14 @@ impl fmt::Debug for PasswordFile {
 }
 
 impl PasswordFile {
-    /// Read a password file; errors name `file:line`.
-    pub fn load(path: &Path) -> Result<PasswordFile, AuthError> {
-        PasswordFile::parse_str(&read(path)?, &path.display().to_string())
+    /// Read a password file; errors name `file:line`. `allow_sha512`: accept mosquitto 1.x's
+    /// `$6$` lines (one unsalted-iteration SHA-512: refused unless asked for).
+    pub fn load(path: &Path, allow_sha512: bool) -> Result<PasswordFile, AuthError> {
+        PasswordFile::parse_str(&read(path)?, &path.display().to_string(), allow_sha512)
     }
 
     /// Parse password-file text; `origin` stands for the file name in errors.
-    pub fn parse_str(text: &str, origin: &str) -> Result<PasswordFile, AuthError> {
+    pub fn parse_str(text: &str, origin: &str, allow_sha512: bool) -> Result<PasswordFile, AuthError> {
         let mut users = HashMap::new();
         let mut first_lines: HashMap<String, usize> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
@@ -199,6 +209,12 @@ impl PasswordFile {
                 return Err(fail("empty username".to_string()));
             }
             let hash = Hash::parse(value.trim()).map_err(|p| fail(format!("user {user:?}: {p}")))?;
+            if matches!(hash, Hash::Sha512 { .. }) && !allow_sha512 {
+                return Err(fail(format!(
+                    "user {user:?}: a $6$ (single SHA-512) hash is too cheap to guess; rehash it with \
+                     `strait passwd` (or mosquitto_passwd 2.x), or set authentication.allow_sha512_hashes = true"
+                )));
+            }
             if let Some(prev) = first_lines.insert(user.to_string(), line) {
                 return Err(fail(format!("duplicate user {user:?} (first on line {prev})")));
             }
@@ -207,18 +223,50 @@ impl PasswordFile {
         Ok(PasswordFile {
             users,
             dummy: Hash::Pbkdf2 { iterations: HASH_ITERATIONS, salt: vec![0; SALT_LEN], key: vec![0; KEY_LEN] },
+            verified: std::sync::Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
         })
+    }
+
+    fn fingerprint(&self, username: &str, password: &[u8]) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.cache_key);
+        h.update((username.len() as u64).to_le_bytes());
+        h.update(username.as_bytes());
+        h.update(password);
+        h.finalize().into()
     }
 
     /// Whether `username` exists and `password` is theirs (constant-time compare).
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
-        match self.users.get(username) {
+        let fp = self.fingerprint(username, password);
+        let cached =
+            self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(username).is_some_and(|v| ct_eq(v, &fp));
+        if cached {
+            return true;
+        }
+        let ok = match self.users.get(username) {
             Some(hash) => hash.matches(password),
             None => {
                 let _ = self.dummy.matches(password);
                 false
             }
+        };
+        if ok {
+            let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if v.len() >= CACHE_MAX {
+                v.clear();
+            }
+            v.insert(username.to_string(), fp);
         }
+        ok
+    }
+
+    /// Whether checking this login needs the full hash (not a cached success): callers run
+    /// such checks off the async workers.
+    pub fn is_cached(&self, username: &str, password: &[u8]) -> bool {
+        let fp = self.fingerprint(username, password);
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(username).is_some_and(|v| ct_eq(v, &fp))
     }
 
     /// Number of users.
@@ -323,22 +371,13 @@ fn substitute(filter: &str, client_id: &str, username: &str) -> String {
     out
 }
 
-/// Whether some topic can match both filters, honouring the `$` rule (a filter starting with
-/// a wildcard never reaches `$` topics).
-fn overlaps(a: &str, b: &str) -> bool {
-    let wild = |f: &str| f.starts_with(['+', '#']);
-    let dollar = |f: &str| f.starts_with('$');
-    if (wild(a) && dollar(b)) || (wild(b) && dollar(a)) {
-        return false;
-    }
-    intersects(a, b)
-}
-
 /// Access rules from an ACL file (format in the module doc).
 #[derive(Debug, Clone)]
 pub struct Acl {
     rules: Vec<Rule>,
     no_match: AclVerdict,
+    /// Some subscribe rule denies: deliveries are checked per topic.
+    read_checks: bool,
 }
 
 impl Acl {
@@ -362,7 +401,8 @@ impl Acl {
             })?;
             rules.push(rule);
         }
-        Ok(Acl { rules, no_match })
+        let read_checks = rules.iter().any(|r| r.subscribe && r.verdict == AclVerdict::Deny);
+        Ok(Acl { rules, no_match, read_checks })
     }
 
     /// Whether `client_id` (with `username`, `None` = anonymous) may publish to the topic
@@ -392,11 +432,37 @@ impl Acl {
             } else {
                 match action {
                     AclAction::Publish => matches(&filter, target),
-                    AclAction::Subscribe if deny => overlaps(&filter, target),
                     AclAction::Subscribe => covers(&filter, target),
                 }
             };
             if hit {
+                return !deny;
+            }
+        }
+        self.no_match == AclVerdict::Allow
+    }
+
+    /// Whether deliveries need `may_read` (a subscription allowed as written can still reach
+    /// denied topics only when some subscribe rule denies).
+    pub fn checks_reads(&self) -> bool {
+        self.read_checks
+    }
+
+    /// Whether a message on `topic` may be delivered to this subscriber: the subscribe rules,
+    /// first match wins, matched against the topic name (an `eq` rule as a filter).
+    pub fn may_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        for rule in self.rules.iter().filter(|r| r.subscribe) {
+            if !who_matches(&rule.who, client_id, username) {
+                continue;
+            }
+            let deny = rule.verdict == AclVerdict::Deny;
+            let filter = match rule.expand(client_id, username) {
+                Expanded::Filter(f) => f,
+                Expanded::Skip => continue,
+                Expanded::Unsafe if deny => return false,
+                Expanded::Unsafe => continue,
+            };
+            if matches(&filter, topic) {
                 return !deny;
             }
         }
@@ -494,7 +560,7 @@ mod tests {
     #[test]
     fn mosquitto_lines_verify() {
         let text = format!("# users\n\n{ALICE}\n{BOB}\n  {CAROL_SHA512}  \n");
-        let pw = PasswordFile::parse_str(&text, "pw").unwrap();
+        let pw = PasswordFile::parse_str(&text, "pw", true).unwrap();
         assert_eq!(pw.len(), 3);
         assert!(pw.verify("alice", b"secret123"));
         assert!(!pw.verify("alice", b"secret124"));
@@ -507,23 +573,34 @@ mod tests {
     }
 
     #[test]
+    fn sha512_lines_are_refused_unless_allowed() {
+        let e = PasswordFile::parse_str(CAROL_SHA512, "pw", false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("pw:1: ") && e.contains("allow_sha512_hashes"), "{e}");
+        let pw = PasswordFile::parse_str(CAROL_SHA512, "pw", true).unwrap();
+        assert!(pw.verify("carol", b"hunter2"));
+        assert!(pw.is_cached("carol", b"hunter2"), "a success is remembered");
+        assert!(pw.verify("carol", b"hunter2"));
+        assert!(!pw.verify("carol", b"hunter3"), "another password is checked in full");
+    }
+
+    #[test]
     fn fixture_file_loads() {
-        let pw = PasswordFile::load(&fixture("passwd")).unwrap();
+        let pw = PasswordFile::load(&fixture("passwd"), true).unwrap();
         assert_eq!(pw.len(), 4);
         assert!(pw.verify("dave", b""));
         assert!(pw.verify("carol", b"hunter2"));
-        let e = PasswordFile::load(Path::new("/nonexistent/pw")).unwrap_err();
+        let e = PasswordFile::load(Path::new("/nonexistent/pw"), false).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/pw: "), "{e}");
     }
 
     #[test]
     fn hash_password_roundtrip() {
         let value = hash_password("s3cret");
-        assert!(value.starts_with("$7$101$"), "{value}");
+        assert!(value.starts_with("$7$100000$"), "{value}");
         let parts: Vec<&str> = value.split('$').collect();
         assert_eq!(B64.decode(parts[3]).unwrap().len(), SALT_LEN);
         assert_eq!(B64.decode(parts[4]).unwrap().len(), KEY_LEN);
-        let pw = PasswordFile::parse_str(&format!("u:{value}"), "pw").unwrap();
+        let pw = PasswordFile::parse_str(&format!("u:{value}"), "pw", false).unwrap();
         assert!(pw.verify("u", b"s3cret"));
         assert!(!pw.verify("u", b"s3cre"));
         assert_ne!(hash_password("s3cret"), value, "salt must be random");
@@ -543,7 +620,7 @@ mod tests {
             ("x:$6$AAAA$AAAA\n", 1, "hash is 3 bytes"),
             (":$6$AAAA$AAAA\n", 1, "empty username"),
         ] {
-            let e = PasswordFile::parse_str(text, "pw").unwrap_err().to_string();
+            let e = PasswordFile::parse_str(text, "pw", true).unwrap_err().to_string();
             assert!(e.starts_with(&format!("pw:{line}: ")), "{e}");
             assert!(e.contains(needle), "{e}");
         }
@@ -571,7 +648,7 @@ mod tests {
             return;
         }
         assert!(run(&["-H", "sha512", "-b", &f, "old", "legacy"]));
-        let pw = PasswordFile::load(&file).unwrap();
+        let pw = PasswordFile::load(&file, true).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(pw.verify("user", "pa ss:wörd".as_bytes()));
         assert!(!pw.verify("user", b"pass"));
@@ -596,16 +673,23 @@ allow  all            subscribe  public/#
     }
 
     #[test]
-    fn deny_intersection() {
+    fn filters_as_written_and_reads_per_topic() {
         let a = acl(AclVerdict::Allow);
-        // admin is allowed `#` by rule 2, but rule 1 denies anything overlapping secret/#
-        assert!(!a.check("c1", Some("admin"), Subscribe, "#"));
-        assert!(!a.check("c1", Some("admin"), Subscribe, "+/x"));
+        // admin may subscribe to `#` (rule 1 covers only what is under secret/), but reads
+        // nothing under secret/: rule 1 is checked per delivered topic
+        assert!(a.check("c1", Some("admin"), Subscribe, "#"));
+        assert!(a.check("c1", Some("admin"), Subscribe, "+/x"));
         assert!(!a.check("c1", Some("admin"), Subscribe, "secret/a"));
+        assert!(!a.check("c1", Some("admin"), Subscribe, "secret/#"));
         assert!(a.check("c1", Some("admin"), Subscribe, "other/#"));
+        assert!(a.checks_reads());
+        assert!(!a.may_read("c1", Some("admin"), "secret/a"));
+        assert!(a.may_read("c1", Some("admin"), "other/a"));
+        assert!(a.may_read("mon", Some("m"), "metrics/cpu"), "an eq rule reads as a filter");
+        assert!(!Acl::parse_str("allow all all #\n", "acl", AclVerdict::Deny).unwrap().checks_reads());
         assert!(a.check("c1", Some("admin"), Publish, "secret/a"));
         // shared subscriptions are checked by their inner filter
-        assert!(!a.check("c1", Some("admin"), Subscribe, "$share/g/#"));
+        assert!(!a.check("c1", Some("admin"), Subscribe, "$share/g/secret/#"));
         assert!(a.check("c1", Some("admin"), Subscribe, "$share/g/other/x"));
     }
 
@@ -650,6 +734,7 @@ allow  all            subscribe  public/#
         let a = Acl::parse_str("deny all subscribe #\n", "acl", AclVerdict::Allow).unwrap();
         assert!(a.check("c", None, Subscribe, "$SYS/#"));
         assert!(!a.check("c", None, Subscribe, "x"));
+        assert!(a.may_read("c", None, "$SYS/x") && !a.may_read("c", None, "x"));
         let a = Acl::parse_str("deny all subscribe $SYS/#\n", "acl", AclVerdict::Allow).unwrap();
         assert!(a.check("c", None, Subscribe, "#"));
         assert!(!a.check("c", None, Subscribe, "$SYS/+"));

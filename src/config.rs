@@ -36,7 +36,7 @@
 //! - Booleans accept `true`/`false` (also `yes`/`no`/`on`/`off`); integers given as quoted
 //!   digit strings are accepted too.
 //! - `mqtt.server_keepalive`: absent, `null` or `"disabled"` → none; `mqtt.max_subscriptions`:
-//!   absent, `null` or `"infinity"` → unlimited; a listener's `max_connections = infinity` →
+//!   `null` or `"infinity"` → unlimited (absent: 10,000); a listener's `max_connections = infinity` →
 //!   `usize::MAX`.
 //! - `listeners.ssl.*.verify`: `verify_peer` | `verify_none` (default). An enabled SSL
 //!   listener needs `certfile` and `keyfile`, and `cacertfile` when it verifies peers.
@@ -225,8 +225,12 @@ pub struct MqttConfig {
     /// a TCP client that sends no CONNECT in this time is dropped
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
-    /// none = unlimited ("infinity" also accepted)
+    /// per client; none = unlimited ("infinity" also accepted); default 10,000
     pub max_subscriptions: Option<usize>,
+    /// retained messages kept (a new retained topic past it is refused: 0x97); 0 = no bound
+    pub max_retained_messages: usize,
+    /// their bytes (topic + payload + 64 per message); 0 = no bound
+    pub max_retained_bytes: u64,
 }
 
 impl Default for MqttConfig {
@@ -236,7 +240,7 @@ impl Default for MqttConfig {
             max_clientid_len: 65535,
             max_topic_levels: 128,
             max_qos_allowed: 2,
-            max_topic_alias: 65535,
+            max_topic_alias: 1024,
             retain_available: true,
             wildcard_subscription: true,
             shared_subscription: true,
@@ -252,7 +256,9 @@ impl Default for MqttConfig {
             await_rel_timeout: Duration::from_secs(300),
             retry_interval: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(15),
-            max_subscriptions: None,
+            max_subscriptions: Some(10_000),
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -282,11 +288,13 @@ pub struct AuthnConfig {
     pub allow_anonymous: bool,
     /// mosquitto `password_file` format, see [`crate::auth::PasswordFile`]
     pub password_file: Option<PathBuf>,
+    /// accept mosquitto 1.x `$6$` lines (false: the file is refused, naming the line)
+    pub allow_sha512_hashes: bool,
 }
 
 impl Default for AuthnConfig {
     fn default() -> Self {
-        AuthnConfig { allow_anonymous: true, password_file: None }
+        AuthnConfig { allow_anonymous: true, password_file: None, allow_sha512_hashes: false }
     }
 }
 
@@ -786,10 +794,12 @@ const MQTT: Schema = Schema::Obj(&[
     ("retry_interval", L),
     ("connect_timeout", L),
     ("max_subscriptions", L),
+    ("max_retained_messages", L),
+    ("max_retained_bytes", L),
 ]);
 const API: Schema =
     Schema::Obj(&[("enable", L), ("bind", L), ("api_key", L), ("api_secret", L), ("bootstrap_file", L)]);
-const AUTHN: Schema = Schema::Obj(&[("allow_anonymous", L), ("password_file", L)]);
+const AUTHN: Schema = Schema::Obj(&[("allow_anonymous", L), ("password_file", L), ("allow_sha512_hashes", L)]);
 const AUTHZ: Schema = Schema::Obj(&[("acl_file", L), ("no_match", L)]);
 const LINK_SSL: Schema =
     Schema::Obj(&[("enable", L), ("cacertfile", L), ("certfile", L), ("keyfile", L), ("verify", L)]);
@@ -1525,7 +1535,8 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         .ok_or_else(|| Fail::expected(o.key("keepalive_multiplier"), "a number >= 1.0", n))?,
     };
     let max_subscriptions = match o.get("max_subscriptions") {
-        None => None,
+        None => d.max_subscriptions,
+        Some(Node::Null) => None,
         Some(Node::Str(s)) if s == "infinity" => None,
         Some(n) => Some(
             int_in(n, &o.key("max_subscriptions"), 0, i64::MAX)
@@ -1563,6 +1574,8 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         retry_interval: o.duration("retry_interval", d.retry_interval, false)?,
         connect_timeout: o.duration("connect_timeout", d.connect_timeout, false)?,
         max_subscriptions,
+        max_retained_messages: o.int("max_retained_messages", 0, i64::MAX, d.max_retained_messages)?,
+        max_retained_bytes: o.size("max_retained_bytes", d.max_retained_bytes)?,
     })
 }
 
@@ -1619,6 +1632,7 @@ fn decode_authn(o: &Obj) -> R<AuthnConfig> {
     Ok(AuthnConfig {
         allow_anonymous: o.bool("allow_anonymous", d.allow_anonymous)?,
         password_file: o.path("password_file")?,
+        allow_sha512_hashes: o.bool("allow_sha512_hashes", d.allow_sha512_hashes)?,
     })
 }
 
@@ -1992,14 +2006,14 @@ listeners {
         assert_eq!(c.listeners.tcp.len(), 1);
         assert_eq!(c.listeners.tcp["default"].bind, "0.0.0.0:1883".parse().unwrap());
         assert!(c.listeners.tcp["default"].enable);
-        assert_eq!(c.api.bind, "0.0.0.0:18083".parse().unwrap());
+        assert_eq!(c.api.bind, "127.0.0.1:18083".parse().unwrap());
         assert_eq!(c.node.data_dir, PathBuf::from("./data"));
         assert_eq!(c.node.name, "strait@127.0.0.1");
         assert_eq!(c.mqtt.max_packet_size, 1_048_576);
         assert_eq!(c.mqtt.session_expiry_interval, Duration::from_secs(7200));
         assert_eq!(c.mqtt.max_inflight, 32);
         assert_eq!(c.mqtt.server_keepalive, None);
-        assert_eq!(c.mqtt.max_subscriptions, None);
+        assert_eq!(c.mqtt.max_subscriptions, Some(10_000));
         assert_eq!(c.cluster.name, "strait");
         assert_eq!(c.authorization.no_match, AclVerdict::Allow);
         assert!(c.authentication.allow_anonymous);
@@ -2209,13 +2223,13 @@ listeners {
     fn port_conflicts() {
         let e = err("listeners.tcp.default.bind = 1883\nlisteners.tcp.other.bind = \"127.0.0.1:1883\"");
         assert_eq!(e, "test.conf: listeners.tcp.other.bind: 127.0.0.1:1883 conflicts with listeners.tcp.default.bind (0.0.0.0:1883)");
-        let e = err("api.bind = 1883");
+        let e = err("api { bind = 1883, api_key = k, api_secret = \"0123456789abcdef\" }");
         assert!(e.starts_with("test.conf: api.bind: 0.0.0.0:1883 conflicts with listeners.tcp.default.bind"), "{e}");
         let e = err("listeners.ssl.s { bind = 1883, certfile = c, keyfile = k }");
         assert!(e.starts_with("test.conf: listeners.ssl.s.bind: "), "{e}");
         // disabled listeners, different addresses and port 0 do not clash
         parse("listeners.tcp.a.bind = \"127.0.0.1:1883\"\nlisteners.tcp.b.bind = \"127.0.0.2:1883\"").unwrap();
-        parse("listeners.tcp.a.bind = 0\nlisteners.tcp.b.bind = 0\napi.bind = 0").unwrap();
+        parse("listeners.tcp.a.bind = 0\nlisteners.tcp.b.bind = 0\napi.bind = \"127.0.0.1:0\"").unwrap();
         parse("listeners.tcp.default.bind = 1883\nlisteners.tcp.b { bind = 1883, enable = false }").unwrap();
         let e = err("listeners.ssl.s { certfile = c, keyfile = k, verify = verify_peer }");
         assert!(e.starts_with("test.conf: listeners.ssl.s.cacertfile: required with verify = verify_peer"), "{e}");

@@ -10,6 +10,10 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// HTTP API requests refused for want of a valid API key.
     pub api_denied: AtomicU64,
+    /// Retained messages refused (or delivered without being retained) past the retained bounds.
+    pub retained_refused: AtomicU64,
+    /// Failed logins answered late (the per-address login throttle).
+    pub logins_throttled: AtomicU64,
     pub sessions: AtomicI64,
     pub subscriptions: AtomicI64,
     pub retained: AtomicI64,
@@ -52,6 +56,20 @@ impl Metrics {
             "Connections refused (CONNACK failure or limit)",
             "counter",
             ld(&self.connections_refused),
+        );
+        g(
+            &mut s,
+            "strait_logins_throttled_total",
+            "Failed logins whose answer was held back (4th and later failure from one address within a minute)",
+            "counter",
+            ld(&self.logins_throttled),
+        );
+        g(
+            &mut s,
+            "strait_retained_refused_total",
+            "Retained messages not stored: max_retained_messages or max_retained_bytes reached",
+            "counter",
+            ld(&self.retained_refused),
         );
         g(
             &mut s,

@@ -90,3 +90,35 @@ async fn passwords_and_acl() {
     c.no_publish(std::time::Duration::from_millis(300), "a denied publish is not delivered").await;
     n.stop().await;
 }
+
+/// ACL semantics operators expect (mosquitto's, EMQX's): a SUBSCRIBE is checked as written and
+/// read access per delivered message. One `deny all subscribe test/nosubscribe` rule used to
+/// make every `#` subscription fail with 0x80; now the `#` subscriber gets every message except
+/// that topic's, and subscribing to the denied topic itself is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_monitor_beside_a_deny_rule_reads_everything_else() {
+    let dir = tempdir("acl-read");
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "deny all subscribe test/nosubscribe\n").expect("write acl");
+    let n = start_in(&dir, &format!("authorization {{ acl_file = \"{}\", no_match = allow }}", acl.display())).await;
+    let (mut monitor, _) = Raw::connect(n.mqtt, Protocol::V5, "monitor").await;
+    assert_eq!(monitor.subscribe("#", QoS::AtLeastOnce).await, vec![1], "# is granted");
+    let (mut direct, _) = Raw::connect(n.mqtt, Protocol::V311, "direct").await;
+    assert_eq!(direct.subscribe("test/nosubscribe", QoS::AtLeastOnce).await, vec![0x80], "the denied topic itself");
+    assert_eq!(direct.subscribe("test/+", QoS::AtMostOnce).await, vec![0]);
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "pub").await;
+    for (i, t) in ["test/a", "test/nosubscribe", "other/x", "test/b"].iter().enumerate() {
+        assert_eq!(p.publish(publish(t, QoS::AtLeastOnce, b"m", i as u16 + 1)).await, 0, "{t}");
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = monitor.publish_in().await;
+        monitor.ack(&m).await;
+        got.push(m.topic);
+    }
+    assert_eq!(got, ["test/a", "other/x", "test/b"], "everything but the denied topic, in order");
+    monitor.no_publish(std::time::Duration::from_millis(300), "the denied topic is never delivered").await;
+    assert_eq!(direct.publish_in().await.topic, "test/a");
+    assert_eq!(direct.publish_in().await.topic, "test/b", "test/+ does not read test/nosubscribe either");
+    n.stop().await;
+}

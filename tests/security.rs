@@ -269,3 +269,102 @@ async fn only_the_other_cluster_holding_the_link_credentials_is_a_link() {
         other => panic!("the link stopped carrying messages: {other:?}; us-east:{}", east.links_report()),
     }
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one client can make a node allocate is bounded: a client that sends PINGREQs and never
+/// reads (it grew the broker by ~420 MB), a PUBLISH of thousands of empty user properties (a
+/// 1 MB packet was 12 MB in memory, kept when retained), retained messages past
+/// `max_retained_messages`, and QoS 2 publishes past the Receive Maximum we advertise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_make_a_node_allocate_without_bound() {
+    use std::io::Write;
+    init();
+    let mut c = ProcCluster::start(1, "mqtt { max_retained_messages = 3 }");
+    c.wait_ready(&[0]).await;
+    let node = &c.nodes[0];
+    let pid = c.pid(0).expect("pid");
+
+    // A client that never reads, flooding PINGREQs for up to 8 s or 256 MB.
+    let before = rss_kb(pid);
+    let mut s = std::net::TcpStream::connect(addr(node.mqtt)).expect("connect");
+    s.write_all(&common::raw::encode(
+        &Packet::Connect(Box::new(common::raw::connect_packet(Protocol::V5, "never-reads"))),
+        Protocol::V5,
+    ))
+    .expect("CONNECT");
+    s.set_write_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let chunk = [0xC0u8, 0x00].repeat(32 * 1024);
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    while sent < 256 << 20 && started.elapsed() < Duration::from_secs(8) {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(_) => break,
+        }
+    }
+    let grown = rss_kb(pid).saturating_sub(before);
+    tracing::info!(
+        "== a non-reading client got {} KB in before its writes stalled; the node grew {grown} KB",
+        sent / 1024
+    );
+    assert!(sent < 64 << 20, "the node kept reading a client that does not read: {} MB taken in", sent >> 20);
+    assert!(grown < 64 * 1024, "the node grew {grown} KB for one non-reading client");
+    drop(s);
+
+    // 2,000 user properties: refused with 0x95 (1,024 at most); 1,000 are fine.
+    let mut many = publish("props/x", QoS::AtLeastOnce, b"x", 1);
+    many.properties.user_properties = (0..2000).map(|_| (String::new(), String::new())).collect();
+    let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
+    p.send(&Packet::Publish(many.clone())).await;
+    assert_eq!(p.expect_close(Duration::from_secs(5)).await, Some(0x95), "2,000 user properties");
+    many.properties.user_properties.truncate(1000);
+    let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
+    assert_eq!(p.publish(many).await, 0, "1,000 user properties");
+
+    // Retained: 3 topics at most (max_retained_messages = 3); a replacement and a clear fit.
+    let (mut r, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "retainer").await;
+    let retained = |t: &str, v: &'static [u8], id: u16| {
+        let mut m = publish(t, QoS::AtLeastOnce, v, id);
+        m.retain = true;
+        m
+    };
+    for (i, t) in ["r/1", "r/2", "r/3"].iter().enumerate() {
+        assert_eq!(r.publish(retained(t, b"v", i as u16 + 1)).await, 0, "{t}");
+    }
+    assert_eq!(r.publish(retained("r/4", b"v", 4)).await, 0x97, "a 4th retained topic: quota exceeded");
+    assert_eq!(r.publish(retained("r/1", b"v2", 5)).await, 0, "a replacement fits");
+    assert_eq!(r.publish(retained("r/1", b"", 6)).await, 0, "a clear");
+    assert_eq!(r.publish(retained("r/4", b"v", 7)).await, 0, "room again");
+    let (_, metrics) = http_get(node.api, "/metrics").expect("metrics");
+    assert!(metrics.contains("strait_retained_refused_total 1"), "{metrics}");
+
+    // QoS 2 past the Receive Maximum we advertised (max_inflight, 32): DISCONNECT 0x93.
+    let (mut q, ack) = Raw::connect(addr(node.mqtt), Protocol::V5, "qos2-flood").await;
+    assert_eq!(ack.properties.receive_maximum, Some(32), "the server's Receive Maximum is advertised");
+    for i in 0..33u16 {
+        q.send(&Packet::Publish(publish("q2/x", QoS::ExactlyOnce, b"x", i + 1))).await;
+    }
+    let close = loop {
+        match q.next(Duration::from_secs(5)).await {
+            common::raw::Got::Packet(Packet::PubRec(_)) => continue,
+            common::raw::Got::Packet(Packet::Disconnect(d)) => break Some(d.code),
+            other => panic!("expected DISCONNECT 0x93, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(0x93), "Receive Maximum exceeded");
+
+    // The node still serves.
+    serves(&c, 0, 0, "sec/bounds").await;
+    let _ = c.pid(0);
+    c.kill(0);
+}

@@ -5,6 +5,7 @@
 //! No lock is held across an `.await`.
 
 pub mod message;
+pub mod retained;
 pub mod router;
 pub mod session;
 
@@ -38,10 +39,12 @@ pub struct Broker {
     pub mqtt: MqttConfig,
     pub router: Router,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    retained: RwLock<retained::Retained>,
     pub metrics: Metrics,
     storage: Option<Storage>,
     passwords: Option<PasswordFile>,
+    /// Failed logins per client address (count, last) for the login throttle.
+    login_failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
     allow_anonymous: bool,
     acl: Option<Acl>,
     conn_ids: AtomicU64,
@@ -152,7 +155,7 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, BrokerError> {
         let passwords = match &cfg.authentication.password_file {
-            Some(p) => Some(PasswordFile::load(p)?),
+            Some(p) => Some(PasswordFile::load(p, cfg.authentication.allow_sha512_hashes)?),
             None => None,
         };
         let acl = match &cfg.authorization.acl_file {
@@ -163,10 +166,11 @@ impl Broker {
             mqtt: cfg.mqtt.clone(),
             router: Router::default(),
             sessions: Mutex::new(HashMap::new()),
-            retained: RwLock::new(HashMap::new()),
+            retained: RwLock::new(retained::Retained::default()),
             metrics: Metrics::default(),
             storage,
             passwords,
+            login_failures: Mutex::new(HashMap::new()),
             allow_anonymous: cfg.authentication.allow_anonymous,
             acl,
             conn_ids: AtomicU64::new(1),
@@ -231,6 +235,58 @@ impl Broker {
             (Some(_), None) => self.allow_anonymous,
             (None, _) => self.allow_anonymous,
         }
+    }
+
+    /// `authenticate` for a CONNECT: a check that needs the full password hash (about 30 ms
+    /// of CPU at 100,000 iterations) runs on the blocking pool, not on an async worker; after
+    /// failures from the same address the answer is held back (0.1 s doubling up to 5 s, for
+    /// the 4th and later failure within a minute), so guessing is slow and cheap for us.
+    pub async fn authenticate_connect(
+        self: &Arc<Self>,
+        peer: std::net::IpAddr,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> bool {
+        let heavy = match (&self.passwords, username, password) {
+            (Some(pw), Some(u), Some(p)) => !pw.is_cached(u, p),
+            _ => false,
+        };
+        let ok = if heavy {
+            let (b, u, p) = (self.clone(), username.map(String::from), password.map(<[u8]>::to_vec));
+            tokio::task::spawn_blocking(move || b.authenticate(u.as_deref(), p.as_deref())).await.unwrap_or(false)
+        } else {
+            self.authenticate(username, password)
+        };
+        if !ok {
+            let delay = {
+                let mut f = self.login_failures.lock().unwrap_or_else(|e| e.into_inner());
+                let now = std::time::Instant::now();
+                if f.len() > 10_000 {
+                    f.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+                }
+                let e = f.entry(peer).or_insert((0, now));
+                if now.duration_since(e.1) >= Duration::from_secs(60) {
+                    *e = (0, now);
+                }
+                e.0 += 1;
+                e.1 = now;
+                match e.0 {
+                    0..=3 => Duration::ZERO,
+                    n => Duration::from_millis(100u64 << (n - 4).min(6)).min(Duration::from_secs(5)),
+                }
+            };
+            if !delay.is_zero() {
+                self.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+            }
+        }
+        ok
+    }
+
+    /// Whether a message on `topic` may go to this subscriber (read access, per delivered
+    /// message: a subscription allowed as written can reach topics a deny rule covers).
+    pub fn may_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|a| !a.checks_reads() || a.may_read(client_id, username, topic))
     }
 
     /// Authorization for a PUBLISH topic or SUBSCRIBE filter (already stripped of `$share`).
@@ -663,14 +719,18 @@ impl Broker {
         }
     }
 
-    /// Retained messages matching `filter`, oldest topic first order is not guaranteed.
+    /// Retained messages matching `filter`, in topic order (a wildcard reads only the topics
+    /// under its literal prefix).
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let now = now_ms();
-        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
-        if !filter.contains(['+', '#']) {
-            return retained.get(filter).filter(|m| !m.is_expired(now)).cloned().into_iter().collect();
-        }
-        retained.values().filter(|m| topic::matches(filter, &m.topic) && !m.is_expired(now)).cloned().collect()
+        self.retained.read().unwrap_or_else(|e| e.into_inner()).matching(filter, now_ms())
+    }
+
+    /// Whether retaining `msg` would go past `mqtt.max_retained_messages` or
+    /// `max_retained_bytes` (a replacement of a retained topic is measured by its growth).
+    pub fn retained_full(&self, msg: &Message) -> bool {
+        let (count, bytes) = (self.mqtt.max_retained_messages, self.mqtt.max_retained_bytes);
+        !msg.payload.is_empty()
+            && self.retained.read().unwrap_or_else(|e| e.into_inner()).would_exceed(msg, count, bytes)
     }
 
     /// Add (or replace) a subscription of `session`. Returns whether it is new.

@@ -5,7 +5,8 @@
 //! the read buffer once all of it is there; payloads are zero-copy `Bytes` slices of it.
 //! Validation is strict: reserved flags, UTF-8 (no U+0000), property placement and duplicates,
 //! lengths. Errors map to 5.0 reason codes through `CodecError::reason_code`:
-//! Malformed → 0x81, Protocol → 0x82, TooLarge → 0x95, TopicNameInvalid → 0x90 (wildcard in a
+//! Malformed → 0x81, Protocol → 0x82, TooLarge → 0x95, TooMany (more than
+//! [`MAX_USER_PROPERTIES`] user properties) → 0x95, TopicNameInvalid → 0x90 (wildcard in a
 //! PUBLISH topic), UnsupportedProtocol → 0x84, BadProtocolName → 0x81.
 //!
 //! Choices where the spec leaves room: DUP on a QoS 0 PUBLISH and QoS 3 are Malformed in both
@@ -34,6 +35,10 @@ pub enum CodecError {
     BadProtocolName,
     #[error("invalid topic name: {0}")]
     TopicNameInvalid(&'static str),
+    /// More of something than a packet may carry here (a bound on what one packet can make the
+    /// server allocate: a 1 MB packet of empty user properties is 12 MB in memory).
+    #[error("too many {0} in one packet")]
+    TooMany(&'static str),
 }
 
 impl CodecError {
@@ -41,7 +46,7 @@ impl CodecError {
         match self {
             CodecError::Malformed(_) | CodecError::BadProtocolName => reason::MALFORMED_PACKET,
             CodecError::Protocol(_) => reason::PROTOCOL_ERROR,
-            CodecError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
+            CodecError::TooLarge { .. } | CodecError::TooMany(_) => reason::PACKET_TOO_LARGE,
             CodecError::UnsupportedProtocol(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
             CodecError::TopicNameInvalid(_) => reason::TOPIC_NAME_INVALID,
         }
@@ -50,6 +55,8 @@ impl CodecError {
 
 type R<T> = Result<T, CodecError>;
 const MAX_REMAINING: usize = 268_435_455;
+/// User properties one packet may carry (each costs ~50 bytes in memory for 4 on the wire).
+pub const MAX_USER_PROPERTIES: usize = 1024;
 /// Most `decode` reserves at once while waiting for the rest of a packet.
 const RESERVE_STEP: usize = 64 * 1024;
 
@@ -347,6 +354,9 @@ fn decode_props(r: &mut Reader, k: Kind) -> R<Properties> {
             0x26 => {
                 let k = pr.string()?;
                 let v = pr.string()?;
+                if p.user_properties.len() >= MAX_USER_PROPERTIES {
+                    return Err(CodecError::TooMany("user properties"));
+                }
                 p.user_properties.push((k, v));
             }
             0x27 => {

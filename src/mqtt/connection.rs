@@ -32,6 +32,9 @@ use crate::mqtt::topic;
 
 /// Stop pulling from the session queue while this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
+/// Output waiting for the client beyond which its input is no longer read (replies to what it
+/// sends, PINGRESPs included, would otherwise pile up without bound).
+const OUT_READ_LIMIT: usize = 1024 * 1024;
 /// Read buffer of an idle connection; a connection whose reads fill it gets `BUSY_READ`.
 const IDLE_READ: usize = 512;
 const BUSY_READ: usize = 16 * 1024;
@@ -322,9 +325,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
         } else if fail.is_none() {
             let user = c.username.as_deref();
-            if user.is_none() && c.password.is_none() && !self.broker.authenticate(None, None) {
+            let ip = self.peer.ip();
+            if user.is_none() && c.password.is_none() && !self.broker.authenticate_connect(ip, None, None).await {
                 fail = Some(reason::NOT_AUTHORIZED);
-            } else if !self.broker.authenticate(user, c.password.as_deref()) {
+            } else if !self.broker.authenticate_connect(ip, user, c.password.as_deref()).await {
                 fail = Some(reason::BAD_USER_NAME_OR_PASSWORD);
             }
             if fail.is_some() {
@@ -547,7 +551,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 self.fill_outbound(live);
             }
             let waiting = matches!(live.pending.front(), Some(Pending::Wait(..)));
-            let reading = live.pending.len() < PENDING_MAX;
+            // A client that does not read what we send is not read from either: what it makes
+            // us buffer stays bounded (its writes stall, its keep-alive runs out).
+            let reading = live.pending.len() < PENDING_MAX && self.outbuf.len() < OUT_READ_LIMIT;
             tokio::select! {
                 biased;
                 k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::TakenOver)),
@@ -900,7 +906,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 self.send(live, Packet::PubRec(PubResp::new(pkid, reason::SUCCESS)));
                 return None;
             }
-            if st.awaiting_rel.len() >= usize::from(cfg.max_inflight).max(cfg.max_awaiting_rel) {
+            // A 5.0 client was told our Receive Maximum (max_inflight) in CONNACK and is held
+            // to it; a 3.1.1 client, never told, to max_awaiting_rel.
+            let limit = if live.protocol.is_v5() {
+                usize::from(cfg.max_inflight)
+            } else {
+                usize::from(cfg.max_inflight).max(cfg.max_awaiting_rel)
+            };
+            if st.awaiting_rel.len() >= limit {
                 return Some(Close::Server(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many QoS 2 messages awaiting PUBREL",
@@ -916,9 +929,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
         } else if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             code = reason::PAYLOAD_FORMAT_INVALID;
+        } else if p.retain && qos != QoS::AtMostOnce && live.protocol.is_v5() && {
+            let probe = Message::from_publish(p.clone(), p.topic.as_str().into(), live.client_id.clone());
+            self.broker.retained_full(&probe)
+        } {
+            // Past the retained bounds: a 5.0 publisher is told (0x97) and nothing is published.
+            inc(&self.broker.metrics.retained_refused);
+            code = reason::QUOTA_EXCEEDED;
         } else {
             let topic: Arc<str> = p.topic.as_str().into();
-            let msg = Message::from_publish(p, topic, live.client_id.clone());
+            let mut msg = Message::from_publish(p, topic, live.client_id.clone());
+            if msg.retain && self.broker.retained_full(&msg) {
+                // A client that cannot be told: delivered, not retained.
+                inc(&self.broker.metrics.retained_refused);
+                msg.retain = false;
+            }
             let published = self.broker.publish(Arc::new(msg));
             if let Some(slow) = published.congested {
                 // Never wait on our own queue: only this task drains it.
@@ -1085,6 +1110,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 inc(&self.broker.metrics.messages_expired);
                 continue;
             }
+            if !is_link && !self.broker.may_read(&live.client_id, live.username.as_deref(), &d.msg.topic) {
+                // Read access is checked per message: discarded as if delivered.
+                inc(&self.broker.metrics.messages_denied);
+                if let (Some(seq), Some(c)) = (d.seq, self.broker.cluster()) {
+                    c.ack(&live.client_id, seq);
+                }
+                continue;
+            }
             let pkid = if d.qos == QoS::AtMostOnce {
                 0
             } else {
@@ -1151,6 +1184,7 @@ async fn front_commit(pending: &mut VecDeque<Pending>) -> Result<Vec<Response>, 
 fn static_reason(e: &CodecError) -> &'static str {
     match e {
         CodecError::TooLarge { .. } => "packet too large",
+        CodecError::TooMany(_) => "too many user properties in one packet",
         CodecError::Malformed(s) | CodecError::Protocol(s) => s,
         _ => "protocol error",
     }
