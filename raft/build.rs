@@ -27,6 +27,7 @@ fn main() {
         .method(method("snapshot", "Snapshot", true))
         .method(method("forward", "Forward", false))
         .method(method("admin", "Admin", false))
+        .method(method("probe", "Probe", false))
         .build();
     // The application's node-to-node data plane: one long-lived client stream per peer.
     let peer = Service::builder().name("Peer").package("strait.peer").method(method("stream", "Stream", true)).build();

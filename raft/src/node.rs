@@ -151,6 +151,14 @@ pub enum StartError {
     Storage { dir: String, source: std::io::Error },
     #[error("raft: {0}")]
     Raft(String),
+    #[error(
+        "this node's store is empty, but the cluster (node {peer}: term {term}, last log index {last:?}) still \
+         counts this node (id {id}) as a member: its data was lost or is not where it was. Restore the data \
+         directory, or rejoin as a new member: remove this node on a running one (DELETE \
+         /api/v5/cluster/nodes/<name>), start it again (it waits to be added), then add it (POST \
+         /api/v5/cluster/nodes)"
+    )]
+    Amnesia { id: u64, peer: u64, term: u64, last: Option<u64> },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -192,6 +200,8 @@ struct Inner<S: StateMachine> {
     peers: Mutex<HashMap<u64, (String, net::pb::raft_client::RaftClient<tonic::transport::Channel>)>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Why this node stopped for good (a store that lost its data), once it did.
+    fatal: watch::Sender<Option<String>>,
 }
 
 /// A running Raft member. Cheap to clone; `shutdown` stops it.
@@ -280,25 +290,107 @@ impl<S: StateMachine> RaftNode<S> {
             peers: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
+            fatal: watch::channel(None).0,
         });
         tracker.spawn(batcher(inner.clone(), prx).instrument(span.clone()));
 
-        // Bootstrap: a seed node with a pristine store initializes with the seed membership.
-        if cfg.seeds.contains_key(&cfg.id) {
-            let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
-            if !initialized {
-                let members: BTreeMap<u64, BasicNode> =
-                    cfg.seeds.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
-                let _g = span.enter();
-                match raft.initialize(members).await {
-                    Ok(()) => tracing::info!(seeds = ?cfg.seeds, "initialized the cluster from the seed list"),
-                    Err(e) => tracing::info!("not initializing: {e}"),
+        let node = RaftNode { inner };
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            // In the background: a seed waits for a majority of the seeds; what it finds can
+            // be fatal (`failed`).
+            let n = node.clone();
+            tracker.spawn(
+                async move {
+                    if let Err(e) = n.join_or_bootstrap().await {
+                        tracing::error!("{e}");
+                        n.inner.fatal.send_replace(Some(e.to_string()));
+                        n.inner.cancel.cancel();
+                        let _ = n.inner.raft.shutdown().await;
+                    }
                 }
-            }
-        } else if !cfg.seeds.is_empty() {
-            tracing::info!(parent: &span, "not a seed: waiting to be added to the cluster");
+                .instrument(span.clone()),
+            );
         }
-        Ok(RaftNode { inner })
+        Ok(node)
+    }
+
+    /// A pristine store (first start, or a node whose data is gone). Ask the other seeds
+    /// first: when a cluster exists that still counts this node as a member, this node's
+    /// promises (its votes, the entries it acknowledged) are lost with its data, and starting
+    /// under the same id could elect a leader without committed entries: refuse, and say how
+    /// to rejoin. When the cluster no longer counts it (an operator removed it), wait to be
+    /// added like a new node. A seed bootstraps only once a majority of the seeds answers and
+    /// none of them has a cluster (never alone: a wiped node must not found a new cluster
+    /// while the others are down).
+    async fn join_or_bootstrap(&self) -> Result<(), StartError> {
+        let cfg = &self.inner.cfg;
+        let others: Vec<(u64, String)> =
+            cfg.seeds.iter().filter(|(id, _)| **id != cfg.id).map(|(id, a)| (*id, a.clone())).collect();
+        let seed = cfg.seeds.contains_key(&cfg.id);
+        let mut waiting_logged = false;
+        loop {
+            let asks = others.iter().map(|(id, addr)| {
+                let me = self.inner.me.clone();
+                async move { (*id, net::probe(&me, *id, addr, Duration::from_secs(1)).await) }
+            });
+            let answers = futures_util::future::join_all(asks).await;
+            if let Some((peer, r)) =
+                answers.iter().find_map(|(id, r)| r.as_ref().filter(|r| r.initialized).map(|r| (id, r)))
+            {
+                // Did this node ever hold anything? The leader knows what it replicated to it;
+                // without a leader, a log beyond the bootstrap entries says the cluster ran.
+                let leader = answers.iter().find_map(|(_, r)| r.as_ref().and_then(|r| r.matched.as_ref()));
+                let held = match leader {
+                    Some(matched) => matched.get(&cfg.id).is_some_and(|m| m.is_some()),
+                    None => answers.iter().filter_map(|(_, r)| r.as_ref()).any(|r| r.last_log_index > Some(1)),
+                };
+                if (r.voters.contains(&cfg.id) || r.learners.contains(&cfg.id)) && held {
+                    return Err(StartError::Amnesia { id: cfg.id, peer: *peer, term: r.term, last: r.last_log_index });
+                }
+                if r.voters.contains(&cfg.id) || r.learners.contains(&cfg.id) {
+                    // A seed starting after the others (first start): the same membership.
+                    tracing::info!(peer, "a cluster exists that this node never held data of: joining it");
+                    if seed {
+                        self.initialize_seeds().await;
+                    }
+                    return Ok(());
+                }
+                tracing::info!(peer, "a cluster exists and this node is not a member: waiting to be added");
+                return Ok(());
+            }
+            if !seed {
+                tracing::info!("not a seed: waiting to be added to the cluster");
+                return Ok(());
+            }
+            let reachable = 1 + answers.iter().filter(|(_, r)| r.is_some()).count();
+            if reachable * 2 > cfg.seeds.len() {
+                self.initialize_seeds().await;
+                return Ok(());
+            }
+            if !waiting_logged {
+                tracing::info!(
+                    reachable,
+                    seeds = cfg.seeds.len(),
+                    "pristine store: waiting for a majority of the seeds before bootstrapping"
+                );
+                waiting_logged = true;
+            }
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    }
+
+    async fn initialize_seeds(&self) {
+        let cfg = &self.inner.cfg;
+        let members: BTreeMap<u64, BasicNode> =
+            cfg.seeds.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => tracing::info!(seeds = ?cfg.seeds, "initialized the cluster from the seed list"),
+            Err(e) => tracing::info!("not initializing: {e}"),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -407,6 +499,19 @@ impl<S: StateMachine> RaftNode<S> {
     pub fn members(&self) -> BTreeMap<u64, String> {
         let m = self.inner.raft.metrics().borrow_watched().membership_config.clone();
         m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+    }
+
+    /// Resolves when this node has stopped for good on its own (the reason), or never.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.fatal.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Stop serving, stop Raft, wait for every task.

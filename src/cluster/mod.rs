@@ -198,6 +198,18 @@ impl Cluster {
         let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
         tracker.spawn(announce(cluster.clone(), info).instrument(span.clone()));
         tracker.spawn(leader_duties(cluster.clone()).instrument(span.clone()));
+        // A node that finds its store lost (the cluster still counts it) must not serve at all:
+        // it says why and exits 2, like a bad config.
+        let (failed, stop) = (cluster.raft.clone(), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                e = failed.failed() => {
+                    eprintln!("strait: {e}");
+                    std::process::exit(2);
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
         tracker.spawn(shed_links_without_lease(cluster.clone()).instrument(span));
         tracing::info!(node = %cfg.node.name, id, cluster = %cfg.cluster.name, "cluster.started");
         Ok(cluster)

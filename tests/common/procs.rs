@@ -195,6 +195,28 @@ impl ProcCluster {
         self.signal(i, libc::SIGCONT);
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data{}", i + 1))
+    }
+
+    /// Wait (bounded) for node `i` to exit by itself; its exit code, None if it still runs.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.nodes[i].child = None;
+                    return Some(st.code().unwrap_or(-1));
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id of node `i` while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].child.as_ref().map(|c| c.id())

@@ -70,6 +70,27 @@ pub enum AdminRequest {
     ChangeMembership { voters: BTreeSet<u64>, retain: bool },
 }
 
+/// What a node says of itself to a peer that starts (see `RaftNode::start`): whether it is
+/// part of an initialized cluster, and who the members are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeReply {
+    pub initialized: bool,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub last_log_index: Option<u64>,
+    pub term: u64,
+    /// On the leader: the last log index each member is known to hold (None: nothing yet).
+    pub matched: Option<std::collections::BTreeMap<u64, Option<u64>>>,
+}
+
+/// Ask the node at `addr` (id `target`) about its cluster; None: no answer within `ttl`.
+pub async fn probe(me: &Identity, target: u64, addr: &str, ttl: Duration) -> Option<ProbeReply> {
+    let mut c = client(channel(addr, ttl).ok()?);
+    let req = request(me, target, Bytes::new());
+    let resp = tokio::time::timeout(ttl, c.probe(req)).await.ok()?.ok()?;
+    decode_raft(resp.get_ref()).ok()
+}
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
     vote: VoteOf<C>,
@@ -491,6 +512,24 @@ impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
         }
         let r: WriteResult = self.raft.client_write(crate::Request(body.to_vec())).await;
         reply(&r)
+    }
+
+    async fn probe(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.admit(&request).await?;
+        let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        let m = openraft::type_config::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics()).clone();
+        let membership = m.membership_config.membership();
+        reply(&ProbeReply {
+            initialized,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            last_log_index: m.last_log_index,
+            term: m.current_term,
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
+        })
     }
 
     async fn admin(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
