@@ -348,6 +348,10 @@ pub struct RaftTiming {
     /// seeds.
     #[serde(skip)]
     pub secret: Option<strait_raft::Secret>,
+    /// key `cluster.raft.ssl { enable, certfile, keyfile, cacertfile }`: mutual TLS between
+    /// nodes (each presents a certificate the CA signed, naming the host its peers dial).
+    #[serde(skip)]
+    pub tls: Option<strait_raft::TlsFiles>,
 }
 
 impl Default for RaftTiming {
@@ -362,6 +366,7 @@ impl Default for RaftTiming {
             commit_timeout: Duration::from_secs(5),
             node_down_after: Duration::from_secs(5),
             secret: None,
+            tls: None,
         }
     }
 }
@@ -827,7 +832,9 @@ const RAFT: Schema = Schema::Obj(&[
     ("node_down_after", L),
     ("secret", L),
     ("secret_file", L),
+    ("ssl", RAFT_SSL),
 ]);
+const RAFT_SSL: Schema = Schema::Obj(&[("enable", L), ("certfile", L), ("keyfile", L), ("cacertfile", L)]);
 const CLUSTER: Schema = Schema::Obj(&[
     ("name", L),
     ("discovery_strategy", L),
@@ -1755,7 +1762,22 @@ fn decode_raft(o: &Obj) -> R<RaftTiming> {
         commit_timeout: o.duration("commit_timeout", d.commit_timeout, false)?,
         node_down_after: o.duration("node_down_after", d.node_down_after, false)?,
         secret: decode_secret(o)?,
+        tls: decode_raft_tls(&o.sub("ssl", &RAFT_SSL)?)?,
     })
+}
+
+/// `cluster.raft.ssl`: the three PEM files, read now (a missing one names its key).
+fn decode_raft_tls(o: &Obj) -> R<Option<strait_raft::TlsFiles>> {
+    if !o.bool("enable", o.get("certfile").is_some())? {
+        return Ok(None);
+    }
+    let read = |k: &str| -> R<Vec<u8>> {
+        let p = o
+            .path(k)?
+            .ok_or_else(|| Fail::new(o.key(k), "required with cluster.raft.ssl (mutual TLS between nodes)"))?;
+        std::fs::read(&p).map_err(|e| Fail::new(o.key(k), format!("cannot read {}: {e}", p.display())))
+    };
+    Ok(Some(strait_raft::TlsFiles { cert: read("certfile")?, key: read("keyfile")?, ca: read("cacertfile")? }))
 }
 
 /// `secret` or `secret_file` (its contents, trimmed); at least 16 characters.

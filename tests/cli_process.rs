@@ -45,6 +45,9 @@ fn check_config_exit_codes_and_messages() {
     let (code, err) = check("cluster.static.seeds = [\"a@127.0.0.1\"]\nnode.name = \"a@127.0.0.1\"");
     assert_eq!(code, 2);
     assert!(err.starts_with("FILE: cluster.raft.secret: required"), "{err}");
+    let (code, err) = check("cluster.raft.ssl.enable = true");
+    assert_eq!(code, 2);
+    assert!(err.starts_with("FILE: cluster.raft.ssl.certfile: required"), "{err}");
     // Every shipped example config must pass.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut found = 0;

@@ -10,7 +10,7 @@ use common::procs::{http_get, ProcCluster, TEST_API_KEY, TEST_API_SECRET, TEST_S
 use common::raw::{publish, Raw};
 use serde_json::Value;
 use strait::mqtt::packet::{Packet, Protocol, QoS};
-use strait_raft::net::{raw_body, raw_call, AdminRequest, Identity};
+use strait_raft::net::{raw_body, raw_call, AdminRequest, Identity, TlsFiles};
 
 fn init() {
     let _ = tracing_subscriber::fmt()
@@ -367,4 +367,59 @@ async fn one_client_cannot_make_a_node_allocate_without_bound() {
     serves(&c, 0, 0, "sec/bounds").await;
     let _ = c.pid(0);
     c.kill(0);
+}
+
+/// Node-to-node mutual TLS (`cluster.raft.ssl`): the cluster forms and serves over it (Raft and
+/// the data plane); a caller that holds the secret but speaks plaintext gets nothing, and one
+/// with a certificate from another CA is refused in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_over_mutual_tls_takes_only_peers_the_cluster_ca_signed() {
+    init();
+    common::require_binary("openssl");
+    let ours = common::TempDir::new("raft-tls");
+    common::certs::make_certs(ours.path());
+    let theirs = common::TempDir::new("raft-tls-other");
+    common::certs::make_certs(theirs.path());
+    let f = |n: &str| ours.path().join(n).display().to_string();
+    let mut c = ProcCluster::start(
+        3,
+        &format!(
+            "cluster.raft.ssl {{ certfile = \"{}\", keyfile = \"{}\", cacertfile = \"{}\" }}",
+            f("server.pem"),
+            f("server.key"),
+            f("ca.pem")
+        ),
+    );
+    c.wait_ready(&[0, 1, 2]).await;
+    serves(&c, 0, 2, "tls/raft").await;
+
+    let raft = format!("127.0.0.1:{}", c.nodes[0].raft);
+    let id: u64 = json(c.nodes[0].api, "/api/v5/cluster")["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == c.nodes[0].name.as_str()))
+        .and_then(|n| n["id"].as_str())
+        .and_then(|s| s.parse().ok())
+        .expect("node id");
+    let plain = Identity::new(&c.cluster, 1, Some(TEST_SECRET));
+    let e = raw_call(&raft, &plain, id, "vote", vec![]).await.expect_err("plaintext is refused");
+    assert!(!e.contains(&c.cluster), "{e}");
+    let read = |d: &common::TempDir, n: &str| std::fs::read(d.path().join(n)).expect("pem");
+    let stranger = Identity::new(&c.cluster, 1, Some(TEST_SECRET)).with_tls(Some(TlsFiles {
+        cert: read(&theirs, "server.pem"),
+        key: read(&theirs, "server.key"),
+        ca: read(&ours, "ca.pem"),
+    }));
+    let e = raw_call(&raft, &stranger, id, "vote", vec![]).await.expect_err("another CA's certificate is refused");
+    tracing::info!("== refused: {e}");
+    let member = Identity::new(&c.cluster, 1, Some(TEST_SECRET)).with_tls(Some(TlsFiles {
+        cert: read(&ours, "server.pem"),
+        key: read(&ours, "server.key"),
+        ca: read(&ours, "ca.pem"),
+    }));
+    let e = raw_call(&raft, &member, id, "forward", vec![1, 2, 3]).await.expect_err("garbage is still refused");
+    assert!(e.starts_with("InvalidArgument"), "a certified caller gets an answer: {e}");
+    c.kill(1);
+    c.spawn(1);
+    c.wait_ready(&[0, 1, 2]).await;
+    serves(&c, 1, 0, "tls/restart").await;
 }

@@ -17,7 +17,7 @@ pub mod node;
 pub mod store;
 
 pub use dedup::{Applied, Proposal, RequestId};
-pub use net::Faults;
+pub use net::{Faults, TlsFiles};
 pub use node::{Leadership, ProposeError, RaftConfig, RaftNode, Secret, StartError};
 pub use openraft::ServerState;
 

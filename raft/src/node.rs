@@ -69,6 +69,8 @@ pub struct RaftConfig {
     /// The cluster's shared secret: every RPC proves it, and one that does not is refused
     /// before anything else is looked at. None: unauthenticated (tests, loopback only).
     pub secret: Option<Secret>,
+    /// Node-to-node TLS, mutual (Raft and the data plane); None: plain HTTP/2.
+    pub tls: Option<net::TlsFiles>,
 }
 
 /// A secret that never shows in logs or `Debug` output.
@@ -97,6 +99,7 @@ impl Default for RaftConfig {
             max_batch: 1024,
             max_in_flight: 1,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -241,7 +244,8 @@ impl<S: StateMachine> RaftNode<S> {
         let ocfg = Arc::new(cfg.openraft()?);
         let (log, sm) = store::open_with::<S>(dir, state)
             .map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
-        let me = Identity::new(&cfg.cluster, cfg.id, cfg.secret.as_ref().map(|s| s.0.as_str()));
+        let me =
+            Identity::new(&cfg.cluster, cfg.id, cfg.secret.as_ref().map(|s| s.0.as_str())).with_tls(cfg.tls.clone());
         let network = Network { me: me.clone(), faults: faults.clone(), connect_timeout: cfg.election_min };
         let raft = openraft::Raft::new(cfg.id, ocfg, network, log, sm.clone())
             .instrument(span.clone())
@@ -258,12 +262,13 @@ impl<S: StateMachine> RaftNode<S> {
         let routes = extra.unwrap_or_default().add_service(svc);
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = cancel.clone();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(t) = &cfg.tls {
+            server = server.tls_config(t.server()).map_err(|e| StartError::Config(format!("raft TLS: {e}")))?;
+        }
         tracker.spawn(
             async move {
-                let r = tonic::transport::Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
-                    .await;
+                let r = server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled()).await;
                 if let Err(e) = r {
                     tracing::error!("raft gRPC server stopped: {e}");
                 }
@@ -753,7 +758,7 @@ impl<S: StateMachine> Inner<S> {
             match peers.get(&l) {
                 Some((a, c)) if *a == addr => c.clone(),
                 _ => {
-                    let c = net::client(net::channel(&addr, self.cfg.election_min).ok()?);
+                    let c = net::client(net::channel(&self.me, &addr, self.cfg.election_min).ok()?);
                     peers.insert(l, (addr, c.clone()));
                     c
                 }

@@ -152,12 +152,13 @@ impl Cluster {
             keep_after_snapshot: 1_000,
             propose_timeout: t.commit_timeout,
             secret: t.secret.clone(),
+            tls: t.tls.clone(),
             ..Default::default()
         };
         let listener = tokio::net::TcpListener::bind(t.bind)
             .await
             .map_err(|source| ClusterError::Bind { addr: t.bind, source })?;
-        let me = Identity::new(&cfg.cluster.name, id, t.secret.as_ref().map(|s| s.0.as_str()));
+        let me = Identity::new(&cfg.cluster.name, id, t.secret.as_ref().map(|s| s.0.as_str())).with_tls(t.tls.clone());
         let faults = Arc::new(Faults::default());
         let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
         let (etx, erx) = mpsc::unbounded_channel();

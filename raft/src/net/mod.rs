@@ -85,7 +85,7 @@ pub struct ProbeReply {
 
 /// Ask the node at `addr` (id `target`) about its cluster; None: no answer within `ttl`.
 pub async fn probe(me: &Identity, target: u64, addr: &str, ttl: Duration) -> Option<ProbeReply> {
-    let mut c = client(channel(addr, ttl).ok()?);
+    let mut c = client(channel(me, addr, ttl).ok()?);
     let req = request(me, target, Bytes::new());
     let resp = tokio::time::timeout(ttl, c.probe(req)).await.ok()?.ok()?;
     decode_raft(resp.get_ref()).ok()
@@ -157,6 +157,7 @@ pub struct Identity {
     /// Proof of membership every RPC carries and every RPC must carry (from the cluster
     /// secret); None: no secret configured, anyone who reaches the port is a peer.
     token: Option<Arc<str>>,
+    tls: Option<Arc<TlsFiles>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -165,7 +166,37 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// PEM for node-to-node TLS: this node's certificate and key, and the cluster's CA. Mutual:
+/// a node accepts only peers presenting a certificate the CA signed, and checks a peer's
+/// certificate against the host it dials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles(..)")
+    }
+}
+
+impl TlsFiles {
+    pub(crate) fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
+    }
+}
+
 impl Identity {
+    /// Dial peers over TLS with these files (the server side is `RaftConfig::tls`).
+    pub fn with_tls(mut self, tls: Option<TlsFiles>) -> Identity {
+        self.tls = tls.map(Arc::new);
+        self
+    }
+
     /// `secret`: the cluster's shared secret. The token derived from it (SHA-256 over a domain
     /// tag, the cluster name and the secret) goes with every RPC; the secret itself never
     /// leaves the node.
@@ -180,7 +211,7 @@ impl Identity {
             let d = h.finalize();
             Arc::from(d.iter().map(|b| format!("{b:02x}")).collect::<String>().as_str())
         });
-        Identity { cluster: Arc::from(cluster), id, token }
+        Identity { cluster: Arc::from(cluster), id, token, tls: None }
     }
 
     /// Check that a request proves membership; the refusal names nothing of this cluster.
@@ -237,9 +268,20 @@ pub struct Peer {
 }
 
 /// A client for `addr` (`host:port`), connecting on first use and reconnecting as needed.
-pub(crate) fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+pub(crate) fn channel(me: &Identity, addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+    let scheme = if me.tls.is_some() { "https" } else { "http" };
+    let mut ep =
+        Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
+    if let Some(t) = &me.tls {
+        // The peer's certificate must name the host we dial (an IP or a DNS name).
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca))
+            .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+            .domain_name(host);
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS for {addr}: {e}"))?;
+    }
+    let ep = ep
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -270,7 +312,7 @@ pub(crate) fn request<T>(me: &Identity, target: u64, body: T) -> Request<T> {
 
 impl Peer {
     fn new(me: Identity, target: u64, addr: &str, faults: Arc<Faults>, connect_timeout: Duration) -> Peer {
-        let client = channel(addr, connect_timeout).map(client);
+        let client = channel(&me, addr, connect_timeout).map(client);
         Peer { me, target, client, faults }
     }
 
@@ -309,7 +351,7 @@ impl Peer {
 /// as `me`, with `body` as is: for diagnostics and for tests that play a hostile peer. The error
 /// is the gRPC code and message.
 pub async fn raw_call(addr: &str, me: &Identity, target: u64, method: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
-    let mut c = client(channel(addr, Duration::from_secs(2))?);
+    let mut c = client(channel(me, addr, Duration::from_secs(2))?);
     let req = request(me, target, Bytes::from(body));
     let r = match method {
         "append" => c.append(req).await,

@@ -167,7 +167,7 @@ async fn run_sender(
         if cancel.is_cancelled() {
             break;
         }
-        let chan = match channel(&addr, Duration::from_secs(1)) {
+        let chan = match channel(&me, &addr, Duration::from_secs(1)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(target, "peer stream: {e}");
