@@ -676,6 +676,7 @@ async fn run(
                     Ok(true) => {
                         if !f.skip {
                             status.duplicates.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(pkid = f.p.pkid, topic = %String::from_utf8_lossy(&f.p.topic), "link: a redelivery already applied here (acknowledged again)");
                         }
                     }
                     Ok(false) => {
@@ -832,6 +833,10 @@ fn on_publish(link: &LinkConfig, ctx: &Ctx, status: &Arc<LinkStatus>, p: RPublis
         // Proposed now, in arrival order (the remote's publisher order).
         (Some(c), Some(seq)) => {
             let mut cmds = published.commands;
+            if cmds.is_empty() && deferred.is_empty() {
+                // Routes exist only for filters wanted here: worth a line when it happens.
+                tracing::info!(seq, topic = %msg.topic, "link: a message matched no subscriber here");
+            }
             let targets: Vec<_> = deferred.into_iter().map(Deferred::into_target).collect();
             if !targets.is_empty() {
                 cmds.push(Command::Deliver { msg: (*msg).clone(), targets });

@@ -19,6 +19,13 @@ fn init() {
         .try_init();
 }
 
+/// The test clusters' node certificate (`procs::test_certs`), as a peer would present it.
+fn node_tls() -> Option<TlsFiles> {
+    let d = common::procs::test_certs();
+    let read = |n: &str| std::fs::read(d.join(n)).expect("test certificate");
+    Some(TlsFiles { cert: read("server.pem"), key: read("server.key"), ca: read("ca.pem") })
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -72,8 +79,10 @@ async fn the_raft_port_refuses_callers_without_the_cluster_secret() {
     };
     let (raft, id) = target(leader);
 
-    // Strangers: no secret; the right cluster name with a wrong secret.
+    // Strangers that even hold a node certificate of the cluster's CA (test clusters run mutual
+    // TLS): no secret; the right cluster name with a wrong secret.
     for me in [Identity::new("guess", 7, None), Identity::new(&c.cluster, 7, Some("a-wrong-secret-of-16+"))] {
+        let me = me.with_tls(node_tls());
         let garbage: Vec<u8> = (0u8..25).map(|b| b.wrapping_mul(37)).collect();
         let e = raw_call(&raft, &me, id, "forward", garbage).await.expect_err("a garbage Forward is refused");
         assert!(e.starts_with("Unauthenticated"), "{e}");
@@ -95,7 +104,7 @@ async fn the_raft_port_refuses_callers_without_the_cluster_secret() {
     }
 
     // A caller holding the secret: an undecodable proposal never becomes an entry.
-    let member = Identity::new(&c.cluster, ids[0], Some(TEST_SECRET));
+    let member = Identity::new(&c.cluster, ids[0], Some(TEST_SECRET)).with_tls(node_tls());
     let e = raw_call(&raft, &member, id, "forward", vec![1, 0xff, 0xfe, 0xfd]).await.expect_err("refused");
     assert!(e.starts_with("InvalidArgument") && e.contains("not a proposal"), "{e}");
 

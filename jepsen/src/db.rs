@@ -56,7 +56,51 @@ pub fn api_addr(id: u32) -> SocketAddr {
     SocketAddr::from((ip_of(id), API_PORT))
 }
 
-fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> String {
+/// A CA and one node certificate naming every node's address, made with openssl in `dir`:
+/// the nodes run mutual TLS between them, as a production cluster should.
+fn make_certs(dir: &Path, ids: &[u32]) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .with_context(|| "running openssl (apt-get install openssl)")?;
+        if !out.status.success() {
+            anyhow::bail!("openssl {:?}: {}", args, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=jepsen-ca"]);
+    run(&ca)?;
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=jepsen-node"]);
+    run(&csr)?;
+    let sans: Vec<String> = ids.iter().map(|i| format!("IP:{}", ip_of(*i))).collect();
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={}\n", sans.join(",")))?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path, certs: &Path) -> String {
     let ip = ip_of(id);
     let seeds: Vec<String> = region.ids.iter().map(|i| format!("\"n{i}@{}:{RAFT_PORT}\"", ip_of(*i))).collect();
     let links = match other {
@@ -74,7 +118,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> Stri
     format!(
         "node {{ name = \"n{id}@{ip}\", data_dir = \"{data}\" }}\n\
          cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms, secret = \"jepsen-{cluster}-secret-0123456789\" }}\n\
+           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms, secret = \"jepsen-{cluster}-secret-0123456789\",\n             ssl {{ certfile = \"{certs}/node.pem\", keyfile = \"{certs}/node.key\", cacertfile = \"{certs}/ca.pem\" }} }}\n\
            links = {links}\n}}\n\
          listeners.tcp.default.bind = \"{ip}:{MQTT_PORT}\"\n\
          listeners.tcp.clink.bind = \"{ip}:{CLINK_PORT}\"\n\
@@ -82,6 +126,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path) -> Stri
          mqtt {{ session_expiry_interval = 1h }}\n\
          log.level = info\n",
         data = data.display(),
+        certs = certs.display(),
         cluster = region.name,
         seeds = seeds.join(", "),
     )
@@ -92,11 +137,13 @@ impl Db {
     pub fn new(strait: PathBuf, dir: PathBuf, regions: Vec<Region>, faketime: bool) -> anyhow::Result<Db> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut nodes = Vec::new();
+        let all: Vec<u32> = regions.iter().flat_map(|r| r.ids.iter().copied()).collect();
+        make_certs(&dir, &all)?;
         for (ri, r) in regions.iter().enumerate() {
             let other = if regions.len() > 1 { regions.get(1 - ri.min(1)) } else { None };
             for &id in &r.ids {
                 let cfg = dir.join(format!("n{id}.hocon"));
-                std::fs::write(&cfg, config(id, r, other, &dir.join(format!("data-n{id}"))))?;
+                std::fs::write(&cfg, config(id, r, other, &dir.join(format!("data-n{id}")), &dir))?;
                 let fake = if faketime {
                     let f = dir.join(format!("n{id}.faketime"));
                     std::fs::write(&f, "+0s")?;

@@ -90,10 +90,11 @@ impl ProcCluster {
         for (i, n) in nodes.iter().enumerate() {
             let text = format!(
                 "node {{ name = \"{name}\", data_dir = \"{data}\" }}\n\
-                 cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n  raft {{ bind = \"127.0.0.1:{raft}\", election_timeout = 300ms, node_down_after = 2s, commit_timeout = 3s, secret = \"{TEST_SECRET}\" }}\n}}\n\
+                 cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n  raft {{ bind = \"127.0.0.1:{raft}\", election_timeout = 300ms, node_down_after = 2s, commit_timeout = 3s, secret = \"{TEST_SECRET}\", ssl {{ certfile = \"{certs}/server.pem\", keyfile = \"{certs}/server.key\", cacertfile = \"{certs}/ca.pem\" }} }}\n}}\n\
                  listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\n\
                  api {{ bind = \"127.0.0.1:{api}\", api_key = {TEST_API_KEY}, api_secret = \"{TEST_API_SECRET}\" }}\n{extra}\n",
                 name = n.name,
+                certs = test_certs().display(),
                 data = dir.path().join(format!("data{}", i + 1)).display(),
                 seeds = seed_list.join(", "),
                 raft = n.raft,
@@ -329,7 +330,7 @@ impl ProcCluster {
                     let pick = |l: &Value| {
                         json!({"name": l["name"], "status": l["status"], "server": l["connected_server"],
                             "routes": l["routes"], "inflight": l["inflight"], "received": l["messages_received"],
-                            "published": l["messages_published"], "dup": l["messages_duplicate"],
+                            "published": l["messages_published"], "dup": l["messages_duplicate"], "connects": l["connects"],
                             "error": l["last_error"]})
                     };
                     v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
@@ -338,7 +339,7 @@ impl ProcCluster {
                 http_get(n.api, "/api/v5/clients").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok()).map(|v| {
                     let pick = |c: &Value| {
                         json!({"id": c["clientid"], "connected": c["connected"], "node": c["node_id"],
-                            "mqueue": c["mqueue_len"], "inflight": c["inflight_cnt"]})
+                            "mqueue": c["mqueue_len"], "inflight": c["inflight_cnt"], "dropped": c["mqueue_dropped"]})
                     };
                     v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
                 });
@@ -380,6 +381,20 @@ impl Drop for ProcCluster {
             }
         }
     }
+}
+
+/// The certificates every test cluster's nodes present to each other (mutual TLS between
+/// nodes, as a production cluster should run): one CA and one certificate for 127.0.0.1, made
+/// once per test binary.
+pub fn test_certs() -> &'static std::path::Path {
+    static CERTS: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    CERTS
+        .get_or_init(|| {
+            let d = TempDir::new("node-certs");
+            super::certs::make_certs(d.path());
+            d
+        })
+        .path()
 }
 
 /// The `Authorization` header line for the test clusters' API key.
