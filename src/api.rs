@@ -93,10 +93,7 @@ fn authorized(keys: &[(String, strait_raft::Secret)], value: Option<&axum::http:
     let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
     let Ok(text) = String::from_utf8(raw) else { return false };
     let Some((key, secret)) = text.split_once(':') else { return false };
-    keys.iter().any(|(k, sec)| {
-        let (a, b) = (secret.as_bytes(), sec.0.as_bytes());
-        k == key && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    })
+    keys.iter().any(|(k, sec)| k == key && crate::auth::ct_eq(secret.as_bytes(), sec.0.as_bytes()))
 }
 
 pub async fn serve(

@@ -160,7 +160,7 @@ impl Hash {
 }
 
 /// Constant-time (for equal lengths) byte comparison.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -240,9 +240,7 @@ impl PasswordFile {
     /// Whether `username` exists and `password` is theirs (constant-time compare).
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
         let fp = self.fingerprint(username, password);
-        let cached =
-            self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(username).is_some_and(|v| ct_eq(v, &fp));
-        if cached {
+        if self.cached(username, &fp) {
             return true;
         }
         let ok = match self.users.get(username) {
@@ -265,8 +263,11 @@ impl PasswordFile {
     /// Whether checking this login needs the full hash (not a cached success): callers run
     /// such checks off the async workers.
     pub fn is_cached(&self, username: &str, password: &[u8]) -> bool {
-        let fp = self.fingerprint(username, password);
-        self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(username).is_some_and(|v| ct_eq(v, &fp))
+        self.cached(username, &self.fingerprint(username, password))
+    }
+
+    fn cached(&self, username: &str, fp: &[u8; 32]) -> bool {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(username).is_some_and(|v| ct_eq(v, fp))
     }
 
     /// Number of users.
@@ -412,34 +413,20 @@ impl Acl {
             (AclAction::Subscribe, Some(Ok((_, inner)))) => inner,
             _ => topic_or_filter,
         };
-        for rule in &self.rules {
-            let applies = match action {
-                AclAction::Publish => rule.publish,
-                AclAction::Subscribe => rule.subscribe,
-            };
-            if !applies || !who_matches(&rule.who, client_id, username) {
-                continue;
-            }
-            let deny = rule.verdict == AclVerdict::Deny;
-            let filter = match rule.expand(client_id, username) {
-                Expanded::Filter(f) => f,
-                Expanded::Skip => continue,
-                Expanded::Unsafe if deny => return false,
-                Expanded::Unsafe => continue,
-            };
-            let hit = if rule.eq {
+        let applies = |r: &Rule| match action {
+            AclAction::Publish => r.publish,
+            AclAction::Subscribe => r.subscribe,
+        };
+        self.first_match(client_id, username, applies, |rule, filter| {
+            if rule.eq {
                 filter == target
             } else {
                 match action {
-                    AclAction::Publish => matches(&filter, target),
-                    AclAction::Subscribe => covers(&filter, target),
+                    AclAction::Publish => matches(filter, target),
+                    AclAction::Subscribe => covers(filter, target),
                 }
-            };
-            if hit {
-                return !deny;
             }
-        }
-        self.no_match == AclVerdict::Allow
+        })
     }
 
     /// Whether deliveries need `may_read` (a subscription allowed as written can still reach
@@ -451,7 +438,20 @@ impl Acl {
     /// Whether a message on `topic` may be delivered to this subscriber: the subscribe rules,
     /// first match wins, matched against the topic name (an `eq` rule as a filter).
     pub fn may_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        for rule in self.rules.iter().filter(|r| r.subscribe) {
+        self.first_match(client_id, username, |r| r.subscribe, |_, filter| matches(filter, topic))
+    }
+
+    /// The verdict of the first rule that `applies`, names this client and `hit`s with its
+    /// expanded filter; `no_match` when none does. A deny rule whose substitution is unsafe
+    /// matches (fail closed); an allow rule then does not.
+    fn first_match(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        applies: impl Fn(&Rule) -> bool,
+        hit: impl Fn(&Rule, &str) -> bool,
+    ) -> bool {
+        for rule in self.rules.iter().filter(|r| applies(r)) {
             if !who_matches(&rule.who, client_id, username) {
                 continue;
             }
@@ -462,7 +462,7 @@ impl Acl {
                 Expanded::Unsafe if deny => return false,
                 Expanded::Unsafe => continue,
             };
-            if matches(&filter, topic) {
+            if hit(rule, &filter) {
                 return !deny;
             }
         }

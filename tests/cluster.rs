@@ -4,24 +4,14 @@
 
 mod common;
 
+use common::{addr, init};
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::procs::{http, ProcCluster};
 use common::raw::{connect_packet, publish, Got, Raw};
 use strait::mqtt::packet::{Packet, Protocol, PubResp, QoS};
-
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// Connect v5: `clean` start, session expiry `expiry` seconds. Returns the client and
 /// (reason code, session present).

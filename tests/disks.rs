@@ -4,23 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::{addr, init};
+
 use std::time::Duration;
 
 use common::procs::{http, ProcCluster};
 use common::raw::{publish, Got, Raw};
 use strait::mqtt::packet::{Packet, Protocol, QoS};
-
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// The retained message on `topic` as node `i` serves it.
 async fn retained_at(c: &ProcCluster, i: usize, topic: &str) -> Option<Vec<u8>> {

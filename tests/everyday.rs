@@ -5,24 +5,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::{addr, init};
+
 use std::time::{Duration, Instant};
 
 use common::procs::{http_get, ProcCluster};
 use common::raw::{connect_packet, publish, Got, Raw};
 use serde_json::Value;
 use strait::mqtt::packet::{Disconnect, Packet, Protocol, PubResp, QoS};
-
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 async fn v5(port: u16, id: &str, clean: bool, expiry: u32) -> (Raw, bool) {
     let mut c = connect_packet(Protocol::V5, id);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::init;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -11,13 +13,6 @@ use common::procs::ProcCluster;
 use common::raw::{connect_packet, publish, Got, Raw};
 use common::require_binary;
 use strait::mqtt::packet::{Packet, Protocol, PubResp, QoS};
-
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
-}
 
 /// Two linked 3-node clusters, both wanting `#` from the other (the seed's symmetric link).
 async fn regions(east_topics: &str, west_topics: &str) -> (ProcCluster, ProcCluster) {

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::{addr, init};
+
 use std::time::Duration;
 
 use common::procs::{http_get, ProcCluster, TEST_API_KEY, TEST_API_SECRET, TEST_SECRET};
@@ -12,22 +13,11 @@ use serde_json::Value;
 use strait::mqtt::packet::{Packet, Protocol, QoS};
 use strait_raft::net::{raw_body, raw_call, AdminRequest, Identity, TlsFiles};
 
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
-}
-
 /// The test clusters' node certificate (`procs::test_certs`), as a peer would present it.
 fn node_tls() -> Option<TlsFiles> {
     let d = common::procs::test_certs();
     let read = |n: &str| std::fs::read(d.join(n)).expect("test certificate");
     Some(TlsFiles { cert: read("server.pem"), key: read("server.key"), ca: read("ca.pem") })
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn json(port: u16, path: &str) -> Value {

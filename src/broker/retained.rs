@@ -46,10 +46,6 @@ impl Retained {
         }
     }
 
-    pub fn get(&self, topic: &str) -> Option<&Arc<Message>> {
-        self.by_topic.get(topic)
-    }
-
     pub fn clear(&mut self) {
         self.by_topic.clear();
         self.bytes = 0;

@@ -314,10 +314,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         // authenticated like any client (and warned about at startup).
         let link_secret = link_from.as_deref().and_then(|r| self.broker.links.get(r)).filter(|l| l.password.is_some());
         if let (None, Some(l)) = (fail, &link_secret) {
-            let same =
-                |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-            let pass_ok =
-                same(c.password.as_deref().unwrap_or_default(), l.password.as_deref().unwrap_or_default().as_bytes());
+            let pass_ok = crate::auth::ct_eq(
+                c.password.as_deref().unwrap_or_default(),
+                l.password.as_deref().unwrap_or_default().as_bytes(),
+            );
             if c.username != l.username || !pass_ok {
                 tracing::warn!(peer = %self.peer, link = %l.name, "conn.refused: a link client without this link's credentials");
                 inc(&self.broker.metrics.auth_failures);
@@ -929,37 +929,37 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
         } else if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             code = reason::PAYLOAD_FORMAT_INVALID;
-        } else if p.retain && qos != QoS::AtMostOnce && live.protocol.is_v5() && {
-            let probe = Message::from_publish(p.clone(), p.topic.as_str().into(), live.client_id.clone());
-            self.broker.retained_full(&probe)
-        } {
-            // Past the retained bounds: a 5.0 publisher is told (0x97) and nothing is published.
-            inc(&self.broker.metrics.retained_refused);
-            code = reason::QUOTA_EXCEEDED;
         } else {
             let topic: Arc<str> = p.topic.as_str().into();
             let mut msg = Message::from_publish(p, topic, live.client_id.clone());
-            if msg.retain && self.broker.retained_full(&msg) {
-                // A client that cannot be told: delivered, not retained.
+            // Past the retained bounds (`max_retained_messages`, `max_retained_bytes`).
+            let unretainable = msg.retain && self.broker.retained_full(&msg);
+            if unretainable {
                 inc(&self.broker.metrics.retained_refused);
-                msg.retain = false;
             }
-            let published = self.broker.publish(Arc::new(msg));
-            if let Some(slow) = published.congested {
-                // Never wait on our own queue: only this task drains it.
-                if !slow.is_session(&live.session) {
-                    live.throttle = Some(slow);
+            if unretainable && qos != QoS::AtMostOnce && live.protocol.is_v5() {
+                // A 5.0 publisher is told (0x97) and nothing is published.
+                code = reason::QUOTA_EXCEEDED;
+            } else {
+                // A client that cannot be told: delivered, not retained.
+                msg.retain &= !unretainable;
+                let published = self.broker.publish(Arc::new(msg));
+                if let Some(slow) = published.congested {
+                    // Never wait on our own queue: only this task drains it.
+                    if !slow.is_session(&live.session) {
+                        live.throttle = Some(slow);
+                    }
                 }
-            }
-            if !published.commands.is_empty() {
-                if let Some(c) = self.broker.cluster() {
-                    if qos == QoS::AtMostOnce {
-                        c.commit_detached(published.commands);
-                    } else {
-                        // Acknowledged only once committed (and in order with other acks).
-                        let rx = c.commit(published.commands);
-                        live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos, code }));
-                        return None;
+                if !published.commands.is_empty() {
+                    if let Some(c) = self.broker.cluster() {
+                        if qos == QoS::AtMostOnce {
+                            c.commit_detached(published.commands);
+                        } else {
+                            // Acknowledged only once committed (and in order with other acks).
+                            let rx = c.commit(published.commands);
+                            live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos, code }));
+                            return None;
+                        }
                     }
                 }
             }

@@ -151,6 +151,19 @@ impl TestNode {
     }
 }
 
+/// Test logs at info level, through the test harness's capture (once per test binary).
+pub fn init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+}
+
+/// 127.0.0.1:`port`.
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Poll `cond` every 10 ms until it holds; panics naming `what` after `timeout`.
 pub async fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration, what: &str) {
     let deadline = tokio::time::Instant::now() + timeout;
