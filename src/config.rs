@@ -231,6 +231,15 @@ pub struct MqttConfig {
     pub max_retained_messages: usize,
     /// their bytes (topic + payload + 64 per message); 0 = no bound
     pub max_retained_bytes: u64,
+    /// user properties one packet may carry (more: 0x95 and disconnect)
+    pub max_user_properties: usize,
+    /// bytes queued for a client's socket before we stop reading from it (and stop filling
+    /// it from its session)
+    pub max_send_buffer: usize,
+    /// a client whose socket accepts nothing for this long while we have bytes for it is
+    /// disconnected (EMQX's `send_timeout`)
+    #[serde(serialize_with = "ser_duration")]
+    pub send_timeout: Duration,
 }
 
 impl Default for MqttConfig {
@@ -258,6 +267,9 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(15),
             max_subscriptions: Some(10_000),
             max_retained_messages: 1_000_000,
+            max_user_properties: 1024,
+            max_send_buffer: 1024 * 1024,
+            send_timeout: Duration::from_secs(15),
             max_retained_bytes: 1024 * 1024 * 1024,
         }
     }
@@ -798,6 +810,9 @@ const MQTT: Schema = Schema::Obj(&[
     ("await_rel_timeout", L),
     ("retry_interval", L),
     ("connect_timeout", L),
+    ("max_user_properties", L),
+    ("max_send_buffer", L),
+    ("send_timeout", L),
     ("max_subscriptions", L),
     ("max_retained_messages", L),
     ("max_retained_bytes", L),
@@ -1583,6 +1598,12 @@ fn decode_mqtt(o: &Obj) -> R<MqttConfig> {
         max_subscriptions,
         max_retained_messages: o.int("max_retained_messages", 0, i64::MAX, d.max_retained_messages)?,
         max_retained_bytes: o.size("max_retained_bytes", d.max_retained_bytes)?,
+        max_user_properties: o.int("max_user_properties", 0, 65535, d.max_user_properties)?,
+        max_send_buffer: match o.size("max_send_buffer", d.max_send_buffer as u64)? {
+            v if v < 4096 => return Err(Fail::new(o.key("max_send_buffer"), "expected at least 4KB".to_string())),
+            v => usize::try_from(v).unwrap_or(usize::MAX),
+        },
+        send_timeout: o.duration("send_timeout", d.send_timeout, false)?,
     })
 }
 

@@ -140,7 +140,9 @@ fn init_tracing(level: &str) {
     // errors only, unless asked for; our own leadership and node-down lines say what matters.
     let spec = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error") };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(spec));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    // Colours only for a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).try_init();
 }
 
 fn passwd(file: PathBuf, username: String, password: Option<String>) -> ExitCode {

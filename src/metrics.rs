@@ -31,6 +31,7 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     pub auth_failures: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
+    pub send_timeouts: AtomicU64,
     pub wills_published: AtomicU64,
 }
 
@@ -149,6 +150,13 @@ impl Metrics {
             "Connections closed on keep-alive timeout",
             "counter",
             ld(&self.keepalive_timeouts),
+        );
+        g(
+            &mut s,
+            "strait_send_timeouts_total",
+            "Connections closed because the client read nothing for mqtt.send_timeout",
+            "counter",
+            ld(&self.send_timeouts),
         );
         g(&mut s, "strait_wills_published_total", "Will messages published", "counter", ld(&self.wills_published));
         g(&mut s, "strait_queued_messages", "Messages waiting in session queues", "gauge", queued as i64);

@@ -287,7 +287,8 @@ fn rss_kb(pid: u32) -> u64 {
 async fn one_client_cannot_make_a_node_allocate_without_bound() {
     use std::io::Write;
     init();
-    let mut c = ProcCluster::start(1, "mqtt { max_retained_messages = 3 }");
+    let mut c =
+        ProcCluster::start(1, "mqtt { max_retained_messages = 3, max_user_properties = 500, send_timeout = 2s }");
     c.wait_ready(&[0]).await;
     let node = &c.nodes[0];
     let pid = c.pid(0).expect("pid");
@@ -318,17 +319,37 @@ async fn one_client_cannot_make_a_node_allocate_without_bound() {
     );
     assert!(sent < 64 << 20, "the node kept reading a client that does not read: {} MB taken in", sent >> 20);
     assert!(grown < 64 * 1024, "the node grew {grown} KB for one non-reading client");
+    // Its socket accepts nothing for send_timeout (2 s): the node lets it go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(node.api, "/metrics").expect("metrics");
+        if metrics.contains("strait_send_timeouts_total 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the non-reading client was not disconnected in 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(closed, "after strait_send_timeouts_total went up the socket is still open");
     drop(s);
 
-    // 2,000 user properties: refused with 0x95 (1,024 at most); 1,000 are fine.
+    // 501 user properties: refused with 0x95 (max_user_properties = 500); 500 are fine.
     let mut many = publish("props/x", QoS::AtLeastOnce, b"x", 1);
-    many.properties.user_properties = (0..2000).map(|_| (String::new(), String::new())).collect();
+    many.properties.user_properties = (0..501).map(|_| (String::new(), String::new())).collect();
     let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
     p.send(&Packet::Publish(many.clone())).await;
-    assert_eq!(p.expect_close(Duration::from_secs(5)).await, Some(0x95), "2,000 user properties");
-    many.properties.user_properties.truncate(1000);
+    assert_eq!(p.expect_close(Duration::from_secs(5)).await, Some(0x95), "501 user properties");
+    many.properties.user_properties.truncate(500);
     let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
-    assert_eq!(p.publish(many).await, 0, "1,000 user properties");
+    assert_eq!(p.publish(many).await, 0, "500 user properties");
 
     // Retained: 3 topics at most (max_retained_messages = 3); a replacement and a clear fit.
     let (mut r, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "retainer").await;

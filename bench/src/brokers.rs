@@ -317,6 +317,14 @@ fn rumqttd_conf(port: u16, console: u16) -> String {
     )
 }
 
+/// The example certificates the shipped `config/` clusters use for node-to-node mutual TLS (all
+/// for 127.0.0.1), and their API key: the bench runs what ships.
+const SHIPPED_CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/certs/us-east");
+const API_KEY: &str = "ops";
+const API_SECRET: &str = "example-api-secret-replace-me";
+/// `Authorization` header value for API_KEY:API_SECRET.
+const API_AUTH: &str = "Basic b3BzOmV4YW1wbGUtYXBpLXNlY3JldC1yZXBsYWNlLW1l";
+
 /// A Strait cluster of `n` nodes named `name`, optionally linked to another cluster
 /// (`links`: HOCON text of the `links = [...]` value) with its own clink listener.
 struct StraitNode {
@@ -340,15 +348,18 @@ fn strait_cluster(
         let cfg = format!(
             "node {{ name = \"n{id}@127.0.0.1\", data_dir = \"{data}\" }}\n\
              cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 100ms, election_timeout = 300ms, secret = \"bench-{cluster}-secret-0123456789\" }}\n\
+               raft {{ bind = \"127.0.0.1:{raft}\", heartbeat_interval = 100ms, election_timeout = 300ms, secret = \"bench-{cluster}-secret-0123456789\",\n\
+                 ssl {{ certfile = \"{certs}/node{c}.pem\", keyfile = \"{certs}/node{c}.key\", cacertfile = \"{certs}/ca.pem\" }} }}\n\
                links = {links}\n}}\n\
              listeners.tcp.default {{ bind = \"127.0.0.1:{mqtt}\", max_connections = 200000 }}\n\
              listeners.tcp.clink {{ bind = \"127.0.0.1:{clink}\" }}\n\
-             api.bind = \"127.0.0.1:{api}\"\n\
+             api {{ bind = \"127.0.0.1:{api}\", api_key = \"{API_KEY}\", api_secret = \"{API_SECRET}\" }}\n\
              {tuning}\
              log.level = warn\n",
             tuning = bins.profile.strait_mqtt(),
             id = i + 1,
+            c = i % 3 + 1,
+            certs = SHIPPED_CERTS,
             data = dir.join(format!("{cluster}-n{}", i + 1)).display(),
             seeds = seeds.join(", "),
             raft = n.raft,
@@ -410,7 +421,7 @@ pub fn linked(kind: Kind, bins: &Binaries, nodes_per_region: usize) -> anyhow::R
                 |r: &[StraitNode]| r.iter().map(|n| format!("127.0.0.1:{}", n.clink)).collect::<Vec<_>>().join(",");
             let link = |name: &str, server: String, client: &str| {
                 format!(
-                    "[{{ name = \"{name}\", server = \"{server}\", clientid = \"{client}\", topics = [\"linked/#\"] }}]"
+                    "[{{ name = \"{name}\", server = \"{server}\", clientid = \"{client}\", username = \"clink\", password = \"example-link-password-replace-me\", topics = [\"linked/#\"] }}]"
                 )
             };
             let mut procs = Vec::new();
@@ -472,7 +483,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {API_AUTH}\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();

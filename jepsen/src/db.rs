@@ -108,7 +108,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path, certs: 
         Some(o) => {
             let servers: Vec<String> = o.ids.iter().map(|i| format!("{}:{CLINK_PORT}", ip_of(*i))).collect();
             format!(
-                "[ {{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", topics = [\"#\"] }} ]",
+                "[ {{ name = \"{}\", server = \"{}\", clientid = \"clink-{}\", username = \"clink\", password = \"jepsen-link-password\", topics = [\"#\"] }} ]",
                 o.name,
                 servers.join(","),
                 region.name

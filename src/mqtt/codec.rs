@@ -55,13 +55,24 @@ impl CodecError {
 
 type R<T> = Result<T, CodecError>;
 const MAX_REMAINING: usize = 268_435_455;
-/// User properties one packet may carry (each costs ~50 bytes in memory for 4 on the wire).
+/// User properties one packet may carry by default (each costs ~50 bytes in memory for 4 on
+/// the wire); `mqtt.max_user_properties` sets it per broker ([`decode_limited`]).
 pub const MAX_USER_PROPERTIES: usize = 1024;
 /// Most `decode` reserves at once while waiting for the rest of a packet.
 const RESERVE_STEP: usize = 64 * 1024;
 
 /// Decode one packet from the front of `buf` (Ok(None): need more bytes, nothing consumed).
 pub fn decode(buf: &mut BytesMut, protocol: Option<Protocol>, max_size: usize) -> R<Option<Packet>> {
+    decode_limited(buf, protocol, max_size, MAX_USER_PROPERTIES)
+}
+
+/// [`decode`] with a bound on the user properties of one packet.
+pub fn decode_limited(
+    buf: &mut BytesMut,
+    protocol: Option<Protocol>,
+    max_size: usize,
+    max_user_properties: usize,
+) -> R<Option<Packet>> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -100,7 +111,7 @@ pub fn decode(buf: &mut BytesMut, protocol: Option<Protocol>, max_size: usize) -
     let flags = b0 & 0x0f;
     // Without a protocol only CONNECT gets here (checked above); it carries its own level.
     let proto = protocol.unwrap_or(Protocol::V311);
-    let mut r = Reader { b: pkt };
+    let mut r = Reader { b: pkt, max_props: max_user_properties };
     let p = match ptype {
         1 => {
             need_flags(flags, 0)?;
@@ -179,6 +190,8 @@ fn need_flags(flags: u8, want: u8) -> R<()> {
 
 struct Reader {
     b: Bytes,
+    /// user properties a property list may carry
+    max_props: usize,
 }
 
 impl Reader {
@@ -295,7 +308,7 @@ fn flag(v: u8) -> R<u8> {
 
 fn decode_props(r: &mut Reader, k: Kind) -> R<Properties> {
     let len = r.varint()? as usize;
-    let mut pr = Reader { b: r.take(len)? };
+    let mut pr = Reader { b: r.take(len)?, max_props: r.max_props };
     let mut p = Properties::default();
     while !pr.b.is_empty() {
         let id = pr.varint()?;
@@ -354,7 +367,7 @@ fn decode_props(r: &mut Reader, k: Kind) -> R<Properties> {
             0x26 => {
                 let k = pr.string()?;
                 let v = pr.string()?;
-                if p.user_properties.len() >= MAX_USER_PROPERTIES {
+                if p.user_properties.len() >= pr.max_props {
                     return Err(CodecError::TooMany("user properties"));
                 }
                 p.user_properties.push((k, v));

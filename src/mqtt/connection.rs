@@ -32,9 +32,6 @@ use crate::mqtt::topic;
 
 /// Stop pulling from the session queue while this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
-/// Output waiting for the client beyond which its input is no longer read (replies to what it
-/// sends, PINGRESPs included, would otherwise pile up without bound).
-const OUT_READ_LIMIT: usize = 1024 * 1024;
 /// Read buffer of an idle connection; a connection whose reads fill it gets `BUSY_READ`.
 const IDLE_READ: usize = 512;
 const BUSY_READ: usize = 16 * 1024;
@@ -213,7 +210,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let deadline = Instant::now() + self.broker.mqtt.connect_timeout;
         let max = self.broker.mqtt.max_packet_size as usize;
         loop {
-            match codec::decode(&mut self.inbuf, None, max) {
+            match codec::decode_limited(&mut self.inbuf, None, max, self.broker.mqtt.max_user_properties) {
                 Ok(Some(Packet::Connect(c))) => return Some(c),
                 Ok(Some(_)) => {
                     inc(&self.broker.metrics.protocol_errors);
@@ -531,6 +528,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let ka = live.keep_alive.unwrap_or(far);
         let keepalive = tokio::time::sleep(ka);
         tokio::pin!(keepalive);
+        // Output beyond which the client's input is no longer read (replies to what it sends,
+        // PINGRESPs included, would otherwise pile up without bound), and how long its socket
+        // may accept nothing while we have bytes for it.
+        let read_limit = self.broker.mqtt.max_send_buffer;
+        let send_timeout = self.broker.mqtt.send_timeout;
+        let stalled = tokio::time::sleep(far);
+        tokio::pin!(stalled);
+        let mut sending = false;
         // Packets that arrived together with CONNECT.
         if let Some(close) = self.process_input(live, max) {
             return close;
@@ -553,7 +558,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             let waiting = matches!(live.pending.front(), Some(Pending::Wait(..)));
             // A client that does not read what we send is not read from either: what it makes
             // us buffer stays bounded (its writes stall, its keep-alive runs out).
-            let reading = live.pending.len() < PENDING_MAX && self.outbuf.len() < OUT_READ_LIMIT;
+            let reading = live.pending.len() < PENDING_MAX && self.outbuf.len() < read_limit;
+            if self.outbuf.is_empty() {
+                sending = false;
+            } else if !sending {
+                sending = true;
+                stalled.as_mut().reset(Instant::now() + send_timeout);
+            }
             tokio::select! {
                 biased;
                 k = live.kick_rx.recv() => return Close::Kicked(k.unwrap_or(Kick::TakenOver)),
@@ -567,7 +578,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 }
                 r = self.wr.write_buf(&mut self.outbuf), if !self.outbuf.is_empty() => match r {
                     Ok(0) | Err(_) => return Close::Abnormal,
-                    Ok(n) => { self.broker.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed); }
+                    Ok(n) => {
+                        self.broker.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        stalled.as_mut().reset(Instant::now() + send_timeout);
+                    }
                 },
                 r = self.rd.read_buf(&mut self.inbuf), if reading => match r {
                     Ok(0) | Err(_) => return Close::Abnormal,
@@ -583,6 +597,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     }
                 },
                 _ = live.session.notify.notified(), if self.outbuf.len() < HIGH_WATER => {}
+                _ = &mut stalled, if sending => {
+                    // It reads nothing of what we send: its buffers are released, its session
+                    // (inflight included) stays for when it comes back.
+                    inc(&self.broker.metrics.send_timeouts);
+                    tracing::info!(peer = %self.peer, queued = self.outbuf.len(), "conn.send_timeout");
+                    return Close::Abnormal;
+                }
                 _ = &mut keepalive => {
                     inc(&self.broker.metrics.keepalive_timeouts);
                     tracing::info!(peer = %self.peer, "conn.keepalive_timeout");
@@ -595,7 +616,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// Decode and handle every complete packet in the input buffer.
     fn process_input(&mut self, live: &mut Live, max: usize) -> Option<Close> {
         loop {
-            match codec::decode(&mut self.inbuf, Some(live.protocol), max) {
+            match codec::decode_limited(&mut self.inbuf, Some(live.protocol), max, self.broker.mqtt.max_user_properties)
+            {
                 Ok(Some(p)) => {
                     if let Some(close) = self.handle(live, p) {
                         return Some(close);
