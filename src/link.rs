@@ -178,7 +178,12 @@ impl Registry {
     /// Whether cluster `remote`'s link client may connect: a link to it is configured and
     /// enabled here.
     pub fn accepts(&self, remote: &str) -> bool {
-        self.lock().effective.iter().any(|l| l.name == remote && l.enable)
+        self.configured(remote) == Some(true)
+    }
+
+    /// Whether a link to cluster `remote` is configured here (Some), and enabled (Some(true)).
+    pub fn configured(&self, remote: &str) -> Option<bool> {
+        self.lock().effective.iter().find(|l| l.name == remote).map(|l| l.enable)
     }
 
     /// The status of every link in force, in configuration order.
@@ -519,6 +524,27 @@ fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean: bool) -> 
     Ok(opts)
 }
 
+/// A connection error as the link status shows it: a refusal says what the remote refused
+/// (each cause has its own CONNACK code; a 5.0 reason string says the same there).
+fn describe(e: &rumqttc::v5::ConnectionError, remote: &str) -> String {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+    let rumqttc::v5::ConnectionError::ConnectionRefused(code) = e else { return e.to_string() };
+    let why = match code {
+        C::NotAuthorized => format!("cluster {remote} has no link named after this cluster (cluster.links there)"),
+        C::Banned => format!("the link to this cluster is disabled on cluster {remote}"),
+        C::ServerMoved => {
+            format!("the server is not cluster {remote} (a link's name must be the remote's cluster.name)")
+        }
+        C::BadUserNamePassword => format!("cluster {remote} does not take this link's username/password"),
+        C::UseAnotherServer => "the server is not a link listener (tcp.clink / ssl.clink)".to_string(),
+        C::UnsupportedProtocolVersion => "the remote speaks another link protocol version".to_string(),
+        C::ServerUnavailable => "the remote node cannot reach its cluster's majority".to_string(),
+        C::ClientIdentifierNotValid => "the remote refused this link's client id".to_string(),
+        other => return format!("refused by the remote: {other:?}"),
+    };
+    format!("refused: {why}")
+}
+
 /// End this cluster's session at the remote (a deleted or disabled link): a clean connection
 /// whose session expires with it, so the remote drops the link's routes and queued messages.
 async fn farewell(link: LinkConfig, ctx: Ctx) {
@@ -594,9 +620,10 @@ async fn run(
     // connects again, and the remote sees the link session taken over): it runs in a task of
     // its own and its events come over a channel.
     let (ev_tx, mut events) = tokio::sync::mpsc::channel::<Result<Event, String>>(64);
+    let remote_name = link.name.clone();
     let mut poller = ctx.tracker.spawn(async move {
         loop {
-            let ev = el.poll().await.map_err(|e| e.to_string());
+            let ev = el.poll().await.map_err(|e| describe(&e, &remote_name));
             let end = ev.is_err();
             if ev_tx.send(ev).await.is_err() || end {
                 break;

@@ -50,6 +50,13 @@ impl Node {
             path: cfg.node.data_dir.display().to_string(),
             source: sled::Error::Io(e),
         })?;
+        // The store holds session state, queued messages and link credentials: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(&cfg.node.data_dir, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(dir = %cfg.node.data_dir.display(), "cannot make the data directory owner-only: {e}");
+            }
+        }
         let clustered = !cfg.cluster.seeds.is_empty();
         // In a cluster, Raft (in data_dir/raft) is the store; the single-node sled store is not used.
         let storage = if clustered { None } else { Some(Storage::open(&cfg.node.data_dir)?) };

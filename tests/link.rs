@@ -160,11 +160,17 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
         vec![("strait-link".into(), "cluster-unknown".into()), ("strait-link-version".into(), "1".into())];
     let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
     assert_eq!(ack.code, 0x87, "a link from a cluster with no link configured here is refused");
+    assert_eq!(
+        ack.properties.reason_string.as_deref(),
+        Some("cluster cluster-us-east has no link named cluster-unknown"),
+        "the refusal says why"
+    );
     let mut c = connect_packet(Protocol::V5, "clink-self");
     c.properties.user_properties =
         vec![("strait-link".into(), "cluster-us-east".into()), ("strait-link-version".into(), "1".into())];
     let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
-    assert_eq!(ack.code, 0x87, "a link naming this cluster itself is refused");
+    assert_eq!(ack.code, 0x9D, "a link naming this cluster itself is refused");
+    assert!(ack.properties.reason_string.as_deref().is_some_and(|r| r.contains("distinct names")), "{ack:?}");
     let mut c = connect_packet(Protocol::V5, "clink-future");
     c.properties.user_properties =
         vec![("strait-link".into(), "cluster-eu-west".into()), ("strait-link-version".into(), "2".into())];
@@ -177,7 +183,11 @@ async fn the_seed_verify_steps_both_directions_then_asymmetric() {
         ("strait-link-target".into(), "cluster-ap-south".into()),
     ];
     let (_, ack) = Raw::connect_with(([127, 0, 0, 1], east.nodes[0].clink).into(), c).await;
-    assert_eq!(ack.code, 0x87, "a link meant for another cluster is refused");
+    assert_eq!(ack.code, 0x9D, "a link meant for another cluster is refused");
+    assert_eq!(
+        ack.properties.reason_string.as_deref(),
+        Some("this is cluster cluster-us-east, not cluster-ap-south: a link's name must be the remote's cluster.name"),
+    );
 
     tracing::info!("== a link client may not publish");
     let mut c = connect_packet(Protocol::V5, "clink-pub");
@@ -380,7 +390,7 @@ async fn links_change_at_runtime_through_the_api_of_any_node() {
         assert_eq!(common::procs::http_get(n.api, link).map(|r| r.0), Some(404), "gone on every node");
     }
     api_until(wapi, "/api/v5/cluster/links/link/cluster-us-east", "eu-west's link to be refused", |_, v| {
-        v["last_error"].as_str().is_some_and(|e| e.contains("NotAuthorized"))
+        v["last_error"].as_str().is_some_and(|e| e.contains("has no link named after this cluster"))
     })
     .await;
     assert_eq!(p.publish(publish("rt/3", QoS::AtLeastOnce, b"deleted", 3)).await, 0);
@@ -590,7 +600,7 @@ async fn a_single_node_accepts_a_link_created_over_its_api_and_keeps_it_across_a
         bapi,
         "/api/v5/cluster/links/link/cluster-a",
         "b's link to be refused by a (no link to b there)",
-        |_, v| v["last_error"].as_str().is_some_and(|e| e.contains("NotAuthorized")),
+        |_, v| v["last_error"].as_str().is_some_and(|e| e.contains("has no link named after this cluster")),
     )
     .await;
 
@@ -630,7 +640,8 @@ async fn a_single_node_accepts_a_link_created_over_its_api_and_keeps_it_across_a
         Some(204)
     );
     api_until(bapi, "/api/v5/cluster/links/link/cluster-a", "b's link to be refused again", |_, v| {
-        v["status"] != "connected" && v["last_error"].as_str().is_some_and(|e| e.contains("NotAuthorized"))
+        v["status"] != "connected"
+            && v["last_error"].as_str().is_some_and(|e| e.contains("has no link named after this cluster"))
     })
     .await;
 }
@@ -667,7 +678,8 @@ async fn link_failures_are_reported_with_their_reason_and_fixed_over_the_api() {
     b.wait_up(0).await;
     let bapi = b.nodes[0].api;
     api_until(bapi, "/api/v5/cluster/links/link/cluster-a", "wrong credentials reported", |_, v| {
-        v["status"] == "disconnected" && v["last_error"].as_str().is_some_and(|e| e.contains("BadUserNamePassword"))
+        v["status"] == "disconnected"
+            && v["last_error"].as_str().is_some_and(|e| e.contains("does not take this link's username/password"))
     })
     .await;
     api_until(bapi, "/api/v5/cluster/links/link/cluster-c", "an unreachable server reported", |_, v| {
@@ -713,6 +725,12 @@ async fn a_subscription_made_before_the_link_is_up_is_propagated_when_it_comes_u
     let link = "/api/v5/cluster/links/link/cluster-a";
     let (_, body) = common::procs::http_get(b.nodes[0].api, link).expect("API");
     assert!(body.contains(r#""status":"disabled""#), "{body}");
+    api_until(a.nodes[0].api, "/api/v5/cluster/links/link/cluster-b", "a's link to show b's refusal", |_, v| {
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the link to this cluster is disabled on cluster cluster-b"))
+    })
+    .await;
 
     let started = std::time::Instant::now();
     let (code, body) = common::procs::http(b.nodes[0].api, "PUT", link, Some(r#"{"enable": true}"#)).expect("API");

@@ -250,7 +250,7 @@ async fn only_the_other_cluster_holding_the_link_credentials_is_a_link() {
     for i in 0..3 {
         let n = &east.nodes[i];
         let (_, ack) = Raw::connect_with(addr(n.mqtt), claim("fake-link", None)).await;
-        assert_eq!(ack.code, 0x87, "a link claim on the normal listener of node {i}");
+        assert_eq!(ack.code, 0x9C, "a link claim on the normal listener of node {i}: use another server");
         let (_, ack) = Raw::connect_with(addr(n.clink), claim("fake-link", None)).await;
         assert_eq!(ack.code, 0x86, "a link claim without credentials on the link listener of node {i}");
         let (_, ack) = Raw::connect_with(addr(n.clink), claim("fake-link", Some("link"))).await;

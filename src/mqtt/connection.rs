@@ -255,6 +255,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut assigned = None;
         let mut client_id = c.client_id.clone();
         let mut fail = None;
+        // Why, for a 5.0 client (a link shows it in its status on the other side).
+        let mut why: Option<String> = None;
         // Another cluster's link client names its cluster; it must be a configured link.
         let prop = |k: &str| c.properties.user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         let link_from = prop(LINK_PROPERTY).map(str::to_string);
@@ -266,7 +268,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         } else if !self.link_only && link_from.is_some() {
             tracing::warn!(peer = %self.peer, remote = ?link_from,
                 "conn.refused: a cluster-link client on a listener that is not a link listener (tcp.clink / ssl.clink)");
-            fail = Some(reason::NOT_AUTHORIZED);
+            fail = Some(reason::USE_ANOTHER_SERVER);
+            why = Some("this is not a link listener: link to the remote's tcp.clink / ssl.clink".into());
         } else if let Some(owner) =
             self.broker.session(&client_id).and_then(|s| s.link_remote()).filter(|r| link_from.as_deref() != Some(&**r))
         {
@@ -277,10 +280,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if let Some(remote) = link_from.as_deref().filter(|r| *r == self.broker.links.cluster_name()) {
             tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: a link from a cluster with this cluster's own name");
-            fail = Some(reason::NOT_AUTHORIZED);
-        } else if let Some(remote) = link_from.as_deref().filter(|r| !self.broker.links.accepts(r)) {
-            tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
-            fail = Some(reason::NOT_AUTHORIZED);
+            fail = Some(reason::SERVER_MOVED);
+            why = Some(format!("this cluster is also named {remote}: two linked clusters need distinct names"));
         } else if let Some(target) = link_from
             .as_ref()
             .and_then(|_| prop(LINK_TARGET_PROPERTY))
@@ -288,11 +289,28 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         {
             tracing::warn!(peer = %self.peer, target = %target, me = %self.broker.links.cluster_name(),
                 "conn.refused: a link meant for another cluster");
-            fail = Some(reason::NOT_AUTHORIZED);
+            fail = Some(reason::SERVER_MOVED);
+            why = Some(format!(
+                "this is cluster {}, not {target}: a link's name must be the remote's cluster.name",
+                self.broker.links.cluster_name()
+            ));
+        } else if let Some((remote, enabled)) =
+            link_from.as_deref().map(|r| (r, self.broker.links.configured(r))).filter(|(_, e)| *e != Some(true))
+        {
+            if enabled.is_none() {
+                tracing::warn!(peer = %self.peer, remote = %remote, "conn.refused: link from a cluster with no link configured here");
+                fail = Some(reason::NOT_AUTHORIZED);
+                why = Some(format!("cluster {} has no link named {remote}", self.broker.links.cluster_name()));
+            } else {
+                tracing::info!(peer = %self.peer, remote = %remote, "conn.refused: the link to this cluster is disabled here");
+                fail = Some(reason::BANNED);
+                why = Some(format!("the link {remote} is disabled on cluster {}", self.broker.links.cluster_name()));
+            }
         } else if link_from.is_some() && prop(LINK_VERSION_PROPERTY) != Some(LINK_VERSION) {
             let theirs = prop(LINK_VERSION_PROPERTY);
             tracing::warn!(peer = %self.peer, theirs = ?theirs, ours = LINK_VERSION, "conn.refused: link protocol version mismatch");
             fail = Some(reason::UNSUPPORTED_PROTOCOL_VERSION);
+            why = Some(format!("link protocol {LINK_VERSION} here, {} there", theirs.unwrap_or("none")));
         } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) || client_id.len() > cfg.max_clientid_len {
             // (`$link:` names the origin of messages that came over a cluster link.)
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
@@ -319,6 +337,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 tracing::warn!(peer = %self.peer, link = %l.name, "conn.refused: a link client without this link's credentials");
                 inc(&self.broker.metrics.auth_failures);
                 fail = Some(reason::BAD_USER_NAME_OR_PASSWORD);
+                why = Some(format!(
+                    "the link {} on cluster {} has another username/password",
+                    l.name,
+                    self.broker.links.cluster_name()
+                ));
             }
         } else if fail.is_none() {
             let user = c.username.as_deref();
@@ -346,7 +369,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         if let Some(code) = fail {
             inc(&self.broker.metrics.connections_refused);
             tracing::info!(peer = %self.peer, client_id = %c.client_id, reason = code, "conn.refused");
-            let ack = ConnAck { session_present: false, code, properties: Properties::default() };
+            let mut properties = Properties::default();
+            if v5 {
+                properties.reason_string = why;
+            }
+            let ack = ConnAck { session_present: false, code, properties };
             codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
             self.flush_now().await;
             return None;

@@ -274,6 +274,7 @@ pub mod reason {
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     pub const USE_ANOTHER_SERVER: u8 = 0x9C;
+    pub const SERVER_MOVED: u8 = 0x9D;
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
