@@ -760,9 +760,28 @@ impl Broker {
         existed
     }
 
+    /// Mark (or unmark) `session` as cluster `remote`'s link session. Its subscriptions move
+    /// out of (or into) the route table the cluster links follow.
+    pub fn set_session_link(&self, session: &Arc<Session>, remote: Option<&str>) {
+        if session.link.load(Ordering::Acquire) == remote.is_some() {
+            session.set_link(remote);
+            return;
+        }
+        let subs: Vec<(String, Subscription)> =
+            session.lock().subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (f, _) in &subs {
+            self.route_remove(session, f);
+        }
+        session.set_link(remote);
+        for (f, sub) in &subs {
+            self.route_add(session, f, sub);
+        }
+    }
+
     fn route_add(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
         self.routes_changed.notify_waiters();
-        let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id };
+        let local = !session.link.load(Ordering::Relaxed);
+        let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id, local };
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.subscribe(inner, Some(group), subscriber),
             _ => self.router.subscribe(filter, None, subscriber),
@@ -1076,7 +1095,7 @@ impl Broker {
         };
         let prev_owner = s.owner.swap(meta.owner, Ordering::AcqRel);
         s.epoch.store(meta.epoch, Ordering::Release);
-        s.set_link(meta.link.as_deref());
+        self.set_session_link(&s, meta.link.as_deref());
         let mut st = s.lock();
         st.protocol = meta.protocol;
         if meta.owner != me {

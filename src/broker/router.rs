@@ -2,9 +2,9 @@
 //! publish). The trie sits behind one `RwLock` held only for the match walk, never across an
 //! `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::mqtt::packet::SubOptions;
 
@@ -15,6 +15,9 @@ pub struct Subscriber {
     pub session: Arc<Session>,
     pub opts: SubOptions,
     pub id: Option<u32>,
+    /// Counted in the route table (a subscription of this cluster's own clients, not of a
+    /// remote cluster's link session): fixed when it is added, so its removal undoes exactly it.
+    pub local: bool,
 }
 
 #[derive(Default)]
@@ -47,9 +50,76 @@ pub struct Match {
 #[derive(Default)]
 pub struct Router {
     root: RwLock<Node>,
+    table: Mutex<RouteTable>,
+}
+
+/// Changes of the route table kept for readers that follow it; one that falls further behind
+/// reads the whole table again.
+const JOURNAL_MAX: usize = 65_536;
+
+/// The distinct filters of local subscriptions (shared ones by their inner filter), with how
+/// many subscriptions hold each, and a journal of the filters that appeared or went. Cluster
+/// links follow it to keep their routes at the remote exact without walking every session.
+#[derive(Default)]
+struct RouteTable {
+    counts: HashMap<Box<str>, u32>,
+    version: u64,
+    /// (version after the change, filter, present)
+    journal: VecDeque<(u64, Arc<str>, bool)>,
+}
+
+impl RouteTable {
+    fn change(&mut self, filter: &str, add: bool) {
+        let present = if add {
+            let n = self.counts.entry(filter.into()).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match self.counts.get_mut(filter) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    self.counts.remove(filter);
+                    true
+                }
+                None => false,
+            }
+        };
+        if present {
+            self.version += 1;
+            if self.journal.len() == JOURNAL_MAX {
+                self.journal.pop_front();
+            }
+            self.journal.push_back((self.version, filter.into(), add));
+        }
+    }
+}
+
+/// What changed in the route table since a reader's version.
+pub enum RouteChanges {
+    /// Every filter (the reader had none, or fell behind the journal), at this version.
+    Full(u64, Vec<Arc<str>>),
+    /// Filters that appeared (true) or went (false), in order, up to this version.
+    Delta(u64, Vec<(Arc<str>, bool)>),
 }
 
 impl Router {
+    /// The route table's changes after version `since` (None: all of it).
+    pub fn route_changes(&self, since: Option<u64>) -> RouteChanges {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        match since {
+            Some(v) if v == t.version => RouteChanges::Delta(v, Vec::new()),
+            Some(v) if v < t.version && t.journal.front().is_some_and(|(first, ..)| *first <= v + 1) => {
+                let changes =
+                    t.journal.iter().filter(|(ver, ..)| *ver > v).map(|(_, f, add)| (f.clone(), *add)).collect();
+                RouteChanges::Delta(t.version, changes)
+            }
+            _ => RouteChanges::Full(t.version, t.counts.keys().map(|k| Arc::from(&**k)).collect()),
+        }
+    }
+
     /// Add or replace a subscription. `filter` is the plain filter (shared prefix stripped).
     /// Returns true when the subscription is new (for retain handling 1).
     pub fn subscribe(&self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
@@ -64,10 +134,14 @@ impl Router {
         };
         match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, &sub.session)) {
             Some(existing) => {
-                *existing = sub;
+                let local = existing.local;
+                *existing = Subscriber { local, ..sub };
                 false
             }
             None => {
+                if sub.local {
+                    self.table.lock().unwrap_or_else(|e| e.into_inner()).change(filter, true);
+                }
                 list.push(sub);
                 true
             }
@@ -78,7 +152,15 @@ impl Router {
     pub fn unsubscribe(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
         let levels: Vec<&str> = filter.split('/').collect();
-        remove(&mut root, &levels, group, session)
+        match remove(&mut root, &levels, group, session) {
+            Some(local) => {
+                if local {
+                    self.table.lock().unwrap_or_else(|e| e.into_inner()).change(filter, false);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// All subscriptions matching `topic`, one member per shared group.
@@ -90,32 +172,26 @@ impl Router {
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+/// Remove `session`'s subscription: whether it was counted as local, None when there was none.
+fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> Option<bool> {
+    let take = |list: &mut Vec<Subscriber>| {
+        let i = list.iter().position(|s| Arc::ptr_eq(&s.session, session))?;
+        Some(list.remove(i).local)
+    };
     let Some((first, rest)) = levels.split_first() else {
-        let removed = match group {
-            Some(g) => match node.shared.get_mut(g) {
-                Some(grp) => {
-                    let before = grp.members.len();
-                    grp.members.retain(|s| !Arc::ptr_eq(&s.session, session));
-                    let removed = grp.members.len() != before;
-                    if grp.members.is_empty() {
-                        node.shared.remove(g);
-                    }
-                    removed
+        return match group {
+            Some(g) => {
+                let grp = node.shared.get_mut(g)?;
+                let removed = take(&mut grp.members);
+                if grp.members.is_empty() {
+                    node.shared.remove(g);
                 }
-                None => false,
-            },
-            None => {
-                let before = node.subs.len();
-                node.subs.retain(|s| !Arc::ptr_eq(&s.session, session));
-                node.subs.len() != before
+                removed
             }
+            None => take(&mut node.subs),
         };
-        return removed;
     };
-    let Some(child) = node.children.get_mut(*first) else {
-        return false;
-    };
+    let child = node.children.get_mut(*first)?;
     let removed = remove(child, rest, group, session);
     if child.is_empty() {
         node.children.remove(*first);

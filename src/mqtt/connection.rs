@@ -399,7 +399,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let attached = match self.broker.cluster() {
             None => {
                 let a = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
-                a.session.set_link(link_from.as_deref());
+                self.broker.set_session_link(&a.session, link_from.as_deref());
                 a
             }
             Some(cluster) => {
@@ -500,12 +500,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             routes.sort();
             // Within the client's maximum packet size (less room for the rest of the CONNACK);
             // routes left off stay until the session ends.
-            let mut budget = (max_out.min(16 * 1024 * 1024)).saturating_sub(1024);
+            let mut budget = (max_out.min(crate::link::LINK_MAX_CONNACK as usize)).saturating_sub(1024);
             let key = crate::link::LINK_ROUTE_PROPERTY;
             for f in routes {
                 let cost = 5 + key.len() + f.len();
                 if cost > budget {
                     tracing::warn!(client_id = %client_id, "link.routes: the route list does not fit the CONNACK; cut short");
+                    props.user_properties.push((crate::link::LINK_ROUTES_CUT_PROPERTY.to_string(), String::new()));
                     break;
                 }
                 budget -= cost;
@@ -1061,6 +1062,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             } else if !self.broker.authorize(&live.client_id, live.username.as_deref(), AclAction::Subscribe, inner) {
                 reason::NOT_AUTHORIZED
             } else if cfg.max_subscriptions.is_some_and(|m| {
+                // A link session's routes are the other cluster's subscriptions: bounded there.
+                if live.session.link.load(std::sync::atomic::Ordering::Relaxed) {
+                    return false;
+                }
                 let st = live.session.lock();
                 st.subscriptions.len() >= m && !st.subscriptions.contains_key(&f.filter)
             }) {

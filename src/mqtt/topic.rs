@@ -91,9 +91,75 @@ pub fn intersects(a: &str, b: &str) -> bool {
     }
 }
 
+/// The filter matching exactly the topics that both filters match, None when no topic matches
+/// both (`linked/#` ∩ `#` = `linked/#`, `a/+` ∩ `+/b` = `a/b`, `a/#` ∩ `a` = `a`). Wildcards
+/// in the first level do not match topics that start with `$`.
+pub fn intersection(a: &str, b: &str) -> Option<String> {
+    let x: Vec<&str> = a.split('/').collect();
+    let y: Vec<&str> = b.split('/').collect();
+    let wild = |l: &str| l == "+" || l == "#";
+    if (x[0].starts_with('$') && wild(y[0])) || (y[0].starts_with('$') && wild(x[0])) {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(x.len().max(y.len()));
+    for i in 0.. {
+        match (x.get(i).copied(), y.get(i).copied()) {
+            (Some("#"), _) => {
+                out.extend_from_slice(y.get(i..).unwrap_or_default());
+                break;
+            }
+            (_, Some("#")) => {
+                out.extend_from_slice(x.get(i..).unwrap_or_default());
+                break;
+            }
+            (Some("+"), Some(q)) => out.push(q),
+            (Some(p), Some("+")) => out.push(p),
+            (Some(p), Some(q)) if p == q => out.push(p),
+            (None, None) => break,
+            _ => return None,
+        }
+    }
+    Some(out.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intersections() {
+        let cases = [
+            ("linked/#", "#", Some("linked/#")),
+            ("#", "linked/#", Some("linked/#")),
+            ("#", "#", Some("#")),
+            ("a/+", "+/b", Some("a/b")),
+            ("a/#", "a", Some("a")),
+            ("a/#", "a/+/c", Some("a/+/c")),
+            ("+/#", "#", Some("+/#")),
+            ("a/+/c", "a/b/+", Some("a/b/c")),
+            ("a/b", "a/c", None),
+            ("a/b", "a/b/c", None),
+            ("a/+", "a", None),
+            ("linked/#", "other/#", None),
+            ("#", "$SYS/x", None),
+            ("+/x", "$SYS/x", None),
+            ("$SYS/#", "$SYS/+", Some("$SYS/+")),
+            ("sensors/+/temp", "sensors/#", Some("sensors/+/temp")),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(intersection(a, b).as_deref(), want, "{a} ∩ {b}");
+            if let Some(w) = want {
+                // What the intersection matches, both match.
+                for t in ["a", "a/b", "a/b/c", "linked/1", "x/b", "sensors/k/temp", "$SYS/x", "other/1"] {
+                    if matches(w, t) {
+                        assert!(matches(a, t) && matches(b, t), "{t} matched by {w} but not by both {a}, {b}");
+                    } else {
+                        assert!(!(matches(a, t) && matches(b, t)), "{t} matched by {a} and {b} but not {w}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn filter_validation() {

@@ -9,13 +9,15 @@
 //! committed there before its publisher's PUBACK, so messages wait there while the link is
 //! down or changes hands:
 //!
-//! - Route sync: the link subscribes, in the remote cluster, to every filter subscribed here
-//!   (on any node of this cluster) that intersects the link's `topics`, and unsubscribes what is
-//!   no longer wanted (these are the route deltas; the remote commits each to its Raft log
-//!   before it acknowledges). On every connection the remote lists the routes it holds for the
-//!   link in its CONNACK (`strait-link-route` user properties): the bootstrap diffs against
-//!   that, so a route removed while the link was down is removed there too. Propagation is
-//!   asynchronous: a message published there before the route arrived is not forwarded.
+//! - Route sync ([`routes`]): the link subscribes, in the remote cluster, to the intersection
+//!   of every filter subscribed here (on any node of this cluster) with the link's `topics`,
+//!   and unsubscribes what is no longer wanted (these are the route deltas, in batches; the
+//!   remote commits each to its Raft log before it acknowledges; a refusal is retried and shown
+//!   in the status). On every connection the remote lists the routes it holds for the link in
+//!   its CONNACK (`strait-link-route` user properties, up to [`LINK_MAX_CONNACK`] bytes): the
+//!   bootstrap diffs against that, so a route removed while the link was down is removed there
+//!   too. Propagation is asynchronous: a message published there before the route arrived is
+//!   not forwarded.
 //! - Messages: the remote stamps each durable message with its sequence number and original
 //!   QoS (`strait-link-seq`, `strait-link-qos`). Here it is committed as `FromLink` (applied once
 //!   per sequence number: a redelivery after a lost acknowledgement is a duplicate) carrying its
@@ -41,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet as RPacket, Publish as RPublish, RetainForwardRule};
+use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, Publish as RPublish};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::json;
@@ -49,6 +51,9 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+mod routes;
+use routes::RouteSync;
 
 use crate::broker::message::{now_ms, Message};
 use crate::broker::{Broker, Deferred, LINK_PUBLISHER};
@@ -62,10 +67,6 @@ use crate::mqtt::connection::{
 use crate::mqtt::packet::{Properties, QoS};
 use crate::mqtt::topic;
 
-/// Least time between two walks of every session for the wanted routes (a burst of
-/// subscriptions costs one walk per interval, not one per subscription).
-const ROUTE_SCAN_EVERY: Duration = Duration::from_millis(20);
-
 /// Session expiry asked of the remote for the link's session: a week of outage.
 const LINK_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
 /// User property of a message sent over a link: its sequence number in the sending cluster.
@@ -74,6 +75,10 @@ pub const LINK_SEQ_PROPERTY: &str = "strait-link-seq";
 pub const LINK_QOS_PROPERTY: &str = "strait-link-qos";
 /// CONNACK user property (repeated) to a link client: one route its session holds.
 pub const LINK_ROUTE_PROPERTY: &str = "strait-link-route";
+/// Largest CONNACK (with its route list) a link client takes.
+pub const LINK_MAX_CONNACK: u32 = 64 * 1024 * 1024;
+/// CONNACK user property: the route list was cut short (it did not fit the packet).
+pub const LINK_ROUTES_CUT_PROPERTY: &str = "strait-link-routes-cut";
 
 /// The links in force: the config file's, overridden by the API's changes (committed through
 /// Raft, or stored in sled on a single node), and their status.
@@ -233,6 +238,13 @@ struct State {
     since_ms: u64,
     last_error: Option<String>,
     routes: Vec<String>,
+    /// Refused by the remote (the first 100, with why) and how many in all.
+    refused: Vec<(String, String)>,
+    refused_count: usize,
+    /// Routes on their way (to send, or sent and not acknowledged).
+    routes_pending: usize,
+    /// Routes this cluster wants there.
+    routes_wanted: usize,
     inflight: usize,
 }
 
@@ -269,8 +281,14 @@ impl LinkStatus {
         }
     }
 
-    fn set_routes(&self, routes: &BTreeSet<String>) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).routes = routes.iter().cloned().collect();
+    /// The route sync's state: what the remote holds, refused, and on its way.
+    fn set_route_sync(&self, sync: &RouteSync) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.routes = sync.held().iter().cloned().collect();
+        st.refused = sync.refused().iter().take(100).map(|(r, why)| (r.clone(), why.clone())).collect();
+        st.refused_count = sync.refused().len();
+        st.routes_pending = sync.pending();
+        st.routes_wanted = sync.wanted_len();
     }
 
     fn set_inflight(&self, n: usize) {
@@ -292,7 +310,12 @@ impl LinkStatus {
         v["connected_server"] = json!(st.server);
         v["status_since_ms"] = json!(st.since_ms);
         v["last_error"] = json!(st.last_error);
+        v["route_count"] = json!(st.routes.len());
         v["routes"] = json!(st.routes);
+        v["routes_refused_count"] = json!(st.refused_count);
+        v["routes_refused"] = st.refused.iter().map(|(r, why)| json!({"route": r, "reason": why})).collect();
+        v["routes_pending"] = json!(st.routes_pending);
+        v["routes_wanted"] = json!(st.routes_wanted);
         v["inflight"] = json!(st.inflight);
         v["messages_received"] = json!(self.received.load(Ordering::Relaxed));
         v["messages_published"] = json!(self.published.load(Ordering::Relaxed));
@@ -461,6 +484,14 @@ async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus>) {
     }
 }
 
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when this node's view of the Raft leadership changes (never without a cluster).
 async fn leadership_changed(l: &mut Option<tokio::sync::watch::Receiver<strait_raft::Leadership>>) {
     if let Some(l) = l.as_mut() {
@@ -469,29 +500,6 @@ async fn leadership_changed(l: &mut Option<tokio::sync::watch::Receiver<strait_r
         }
     }
     std::future::pending().await
-}
-
-/// The filters this cluster wants from the link: every local subscription (any node, shared
-/// groups by their inner filter) that intersects one of the link's topics.
-fn desired_routes(broker: &Broker, topics: &[String]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for s in broker.sessions() {
-        if s.link.load(Ordering::Relaxed) {
-            continue;
-        }
-        let st = s.lock();
-        for f in st.subscriptions.keys() {
-            let inner = match topic::parse_shared(f) {
-                Some(Ok((_, inner))) => inner,
-                Some(Err(_)) => continue,
-                None => f.as_str(),
-            };
-            if topics.iter().any(|t| topic::intersects(t, inner)) {
-                out.insert(inner.to_string());
-            }
-        }
-    }
-    out
 }
 
 /// MQTT options of the link client for `host:port`.
@@ -513,7 +521,9 @@ fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean: bool) -> 
         (LINK_ACTOR_PROPERTY.to_string(), actor),
         (LINK_INCARNATION_PROPERTY.to_string(), term.to_string()),
     ]);
-    opts.set_max_packet_size(Some(ctx.broker.mqtt.max_packet_size));
+    // Room for the remote's CONNACK route list (one user property per route: ~1.5 million
+    // routes of 20 bytes fit); publishes are bounded by the remote's own max_packet_size.
+    opts.set_max_packet_size(Some(ctx.broker.mqtt.max_packet_size.max(LINK_MAX_CONNACK)));
     if let Some(u) = &link.username {
         opts.set_credentials(u.clone(), link.password.clone().unwrap_or_default());
     }
@@ -632,64 +642,35 @@ async fn run(
     });
     let addr = format!("{host}:{port}");
     let mut connected = false;
-    let mut subscribed: BTreeSet<String> = BTreeSet::new();
+    let mut routes = RouteSync::new(&link.topics, link.retry_interval.max(Duration::from_millis(100)));
     let mut pending: VecDeque<Inbound> = VecDeque::new();
     let mut leadership = broker.cluster().map(|c| c.raft.leadership());
-    // Recompute the wanted routes only when the router changed (or on connect), and at most
-    // every ROUTE_SCAN_EVERY under subscription churn: it walks every session.
-    let mut routes_dirty = true;
-    let now = tokio::time::Instant::now();
-    let mut last_scan = now.checked_sub(ROUTE_SCAN_EVERY).unwrap_or(now);
-    // Armed before the routes are read, re-armed before they are read again: no change is
+    // Armed before the route table is read, re-armed before it is read again: no change is
     // missed between two reads.
     let mut routes_changed = Box::pin(broker.routes_changed.notified());
     routes_changed.as_mut().enable();
+    routes.follow(&broker.router);
+    let mut status_at = tokio::time::Instant::now();
     let result = loop {
-        if connected && routes_dirty && last_scan.elapsed() >= ROUTE_SCAN_EVERY {
-            routes_dirty = false;
-            last_scan = tokio::time::Instant::now();
-            let want = desired_routes(broker, &link.topics);
-            if want != subscribed {
-                let add: Vec<Filter> = want
-                    .difference(&subscribed)
-                    .map(|f| Filter {
-                        path: f.clone(),
-                        qos: RQoS::AtLeastOnce,
-                        nolocal: false,
-                        preserve_retain: false,
-                        retain_forward_rule: RetainForwardRule::Never,
-                    })
-                    .collect();
-                let remove: Vec<String> = subscribed.difference(&want).cloned().collect();
-                if !add.is_empty() {
-                    tracing::info!(routes = ?add.iter().map(|f| &f.path).collect::<Vec<_>>(), "link: subscribing");
-                    if let Err(e) = client.try_subscribe_many(add) {
-                        break Err(format!("subscribe: {e}"));
-                    }
-                }
-                let mut failed = None;
-                for f in remove {
-                    tracing::info!(route = %f, "link: unsubscribing");
-                    if let Err(e) = client.try_unsubscribe(f) {
-                        failed = Some(format!("unsubscribe: {e}"));
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
-                    break Err(e);
-                }
-                status.set_routes(&want);
-                subscribed = want;
+        if connected && routes.has_work() {
+            if let Err(e) = routes.send(&client) {
+                break Err(e);
+            }
+            if routes.pending() == 0 || status_at.elapsed() >= Duration::from_millis(500) {
+                status.set_route_sync(&routes);
+                status_at = tokio::time::Instant::now();
             }
         }
         status.set_inflight(pending.len());
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            _ = tokio::time::sleep_until(last_scan + ROUTE_SCAN_EVERY), if connected && routes_dirty => {}
             _ = &mut routes_changed => {
-                routes_dirty = true;
                 routes_changed.set(broker.routes_changed.notified());
                 routes_changed.as_mut().enable();
+                routes.follow(&broker.router);
+            }
+            _ = sleep_until_some(routes.retry_at()) => {
+                routes.retry();
             }
             _ = leadership_changed(&mut leadership) => {
                 if !is_leader(broker) {
@@ -726,23 +707,43 @@ async fn run(
                     status.connects.fetch_add(1, Ordering::Relaxed);
                     // The remote lists the routes it holds for us: the bootstrap is the
                     // difference to what we want.
-                    subscribed = a
+                    let held: BTreeSet<String> = a
                         .properties
                         .iter()
                         .flat_map(|p| p.user_properties.iter())
                         .filter(|(k, _)| k == LINK_ROUTE_PROPERTY)
                         .map(|(_, v)| v.clone())
                         .collect();
+                    if a.properties.iter().flat_map(|p| p.user_properties.iter()).any(|(k, _)| k == LINK_ROUTES_CUT_PROPERTY) {
+                        tracing::warn!("link: the remote's route list did not fit its CONNACK: routes removed here while the link was down may stay there");
+                    }
+                    routes.connected(held, a.properties.as_ref().and_then(|p| p.max_packet_size));
                     if !a.session_present {
                         // A new session there: its sequence numbers start over.
                         reset_seen(link, broker);
                     }
                     // What the remote holds is what the status shows until the next sync
                     // (a sync that finds nothing to change does not touch it).
-                    status.set_routes(&subscribed);
-                    tracing::info!(server = %addr, session_present = a.session_present, routes = subscribed.len(), "link: connected");
+                    status.set_route_sync(&routes);
+                    tracing::info!(server = %addr, session_present = a.session_present, routes = routes.held().len(), "link: connected");
                     status.set("connected", Some(addr.clone()), None);
-                    routes_dirty = true;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => routes.subscribe_sent(pkid),
+                Ok(Event::Outgoing(rumqttc::Outgoing::Unsubscribe(pkid))) => routes.unsubscribe_sent(pkid),
+                Ok(Event::Incoming(RPacket::SubAck(a))) => {
+                    let why = a.properties.as_ref().and_then(|p| p.reason_string.as_deref());
+                    routes.suback(a.pkid, &a.return_codes, why);
+                    if routes.pending() == 0 || status_at.elapsed() >= Duration::from_millis(500) {
+                        status.set_route_sync(&routes);
+                        status_at = tokio::time::Instant::now();
+                    }
+                }
+                Ok(Event::Incoming(RPacket::UnsubAck(a))) => {
+                    routes.unsuback(a.pkid, &a.reasons);
+                    if routes.pending() == 0 || status_at.elapsed() >= Duration::from_millis(500) {
+                        status.set_route_sync(&routes);
+                        status_at = tokio::time::Instant::now();
+                    }
                 }
                 Ok(Event::Incoming(RPacket::Publish(p))) => {
                     pending.push_back(on_publish(link, ctx, status, p));
