@@ -223,3 +223,57 @@ async fn a_refused_route_is_reported_with_its_reason_and_the_rest_go_through() {
     })
     .await;
 }
+
+/// `$share` across a link: the route is the group's inner filter, the remote sends each message
+/// once, and the receiving cluster gives it to one member of each group (plus every ordinary
+/// subscriber).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_gets_each_linked_message_once() {
+    init();
+    let mut a = ProcCluster::configure("cluster-a", 1, 0, "");
+    let mut b = ProcCluster::configure("cluster-b", 1, 0, "");
+    a.link_to(&b, "[\"#\"]");
+    b.link_to(&a, "[]");
+    a.spawn(0);
+    b.spawn(0);
+    a.wait_up(0).await;
+    b.wait_up(0).await;
+    let here = common::addr(a.nodes[0].mqtt);
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let (mut m, _) = Raw::connect(here, Protocol::V5, &format!("member-{i}")).await;
+        assert_eq!(m.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await, vec![1]);
+        members.push(m);
+    }
+    let (mut plain, _) = Raw::connect(here, Protocol::V5, "plain").await;
+    assert_eq!(plain.subscribe("jobs/#", QoS::AtLeastOnce).await, vec![1]);
+    until_link(&a, "cluster-b", Duration::from_secs(20), "the route jobs/#", |v| {
+        v["routes"].as_array().is_some_and(|r| r.len() == 1 && r[0] == "jobs/#") && v["routes_pending"] == 0
+    })
+    .await;
+    let (mut p, _) = Raw::connect(common::addr(b.nodes[0].mqtt), Protocol::V5, "jobs-pub").await;
+    const N: usize = 20;
+    for i in 0..N {
+        assert_eq!(p.publish(publish(&format!("jobs/{i}"), QoS::AtLeastOnce, b"j", i as u16 + 1)).await, 0);
+    }
+    for _ in 0..N {
+        let m = plain.publish_in().await;
+        plain.ack(&m).await;
+    }
+    let mut got = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < N && Instant::now() < deadline {
+        for (i, m) in members.iter_mut().enumerate() {
+            if let common::raw::Got::Packet(Packet::Publish(x)) = m.next(Duration::from_millis(50)).await {
+                m.ack(&x).await;
+                assert!(got.insert(x.topic.to_string(), i).is_none(), "{} delivered to the group twice", x.topic);
+            }
+        }
+    }
+    assert_eq!(got.len(), N, "each message once to the group: {got:?}");
+    for m in members.iter_mut() {
+        m.no_publish(Duration::from_millis(200), "no second copy").await;
+    }
+    let v = link_status(&a, "cluster-b").expect("link status");
+    assert_eq!(v["messages_received"], N, "the remote sent each message once: {v}");
+}
