@@ -836,7 +836,17 @@ const LINK: Schema = Schema::Obj(&[
     ("max_inflight", L),
     ("max_outbox", L),
     ("max_outbox_bytes", L),
+    // EMQX's, accepted so that its configs start; they have no effect here (a warning says so).
+    ("pool_size", L),
+    ("resource_opts", L),
+    ("tcp_opts", L),
 ]);
+/// Keys of an EMQX cluster link that Strait accepts without acting on them, and why.
+const EMQX_LINK_KEYS: &[(&str, &str)] = &[
+    ("pool_size", "one connection per link carries everything here (ordered, exactly once)"),
+    ("resource_opts", "the outbox is the link session at the remote (max_outbox, max_outbox_bytes)"),
+    ("tcp_opts", "socket options are not configurable per link"),
+];
 const STATIC: Schema = Schema::Obj(&[("seeds", L)]);
 const RAFT: Schema = Schema::Obj(&[
     ("bind", L),
@@ -1256,17 +1266,14 @@ fn parse_server(s: &str) -> Result<ServerAddr, String> {
         let Some((host, after)) = rest.split_once(']') else {
             return Err(format!("invalid server address {s:?}: missing ']'"));
         };
-        let Some(port) = after.strip_prefix(':') else {
-            return Err(format!("invalid server address {s:?}: missing port (\"host:port\")"));
-        };
+        // No port: 1883, as in EMQX.
+        let port = if after.is_empty() { "1883" } else { after.strip_prefix(':').unwrap_or(after) };
         if host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("invalid server address {s:?}: bad IPv6 address"));
         }
         (host, port)
     } else {
-        let Some((host, port)) = s.rsplit_once(':') else {
-            return Err(format!("invalid server address {s:?}: missing port (\"host:port\")"));
-        };
+        let (host, port) = s.rsplit_once(':').unwrap_or((s, "1883"));
         if host.contains(':') {
             return Err(format!("invalid server address {s:?}: write IPv6 addresses as \"[addr]:port\""));
         }
@@ -1833,16 +1840,40 @@ pub fn link_from_json(v: &serde_json::Value, cluster_name: &str) -> Result<(Link
             serde_json::Value::Object(o) => Node::Obj(o.iter().map(|(k, v)| (k.clone(), node(v))).collect()),
         }
     }
-    let n = node(v);
-    if !matches!(n, Node::Obj(_)) {
+    let mut n = node(v);
+    let Node::Obj(fields) = &mut n else {
         return Err("expected a link object".into());
-    }
+    };
+    // What GET shows besides the configuration (status and counters): a GET → edit → PUT round
+    // trip sends it back; it is not configuration and is dropped.
+    fields.retain(|(k, _)| !LINK_STATUS_FIELDS.contains(&k.as_str()));
     let mut warnings = Vec::new();
     let link = object(Some(&n), String::new(), &LINK)
         .and_then(|o| decode_link(&o, cluster_name, &mut warnings))
         .map_err(|f| if f.key.is_empty() { f.problem } else { format!("{}: {}", f.key, f.problem) })?;
     Ok((link, warnings))
 }
+
+/// Read-only fields of a link's status on the API.
+pub const LINK_STATUS_FIELDS: &[&str] = &[
+    "status",
+    "connected_server",
+    "status_since_ms",
+    "last_error",
+    "node",
+    "route_count",
+    "routes",
+    "routes_refused",
+    "routes_refused_count",
+    "routes_pending",
+    "routes_wanted",
+    "inflight",
+    "messages_received",
+    "messages_published",
+    "messages_duplicate",
+    "messages_dropped",
+    "connects",
+];
 
 /// The JSON of a link, as the API takes it; the password as `******` unless `reveal`.
 pub fn link_to_json(l: &LinkConfig, reveal: bool) -> serde_json::Value {
@@ -1882,6 +1913,11 @@ fn decode_link(o: &Obj, cluster_name: &str, warnings: &mut Vec<String>) -> R<Lin
         ));
     }
     let server = decode_servers(o)?;
+    for (k, why) in EMQX_LINK_KEYS {
+        if o.get(k).is_some() {
+            warnings.push(format!("{}: accepted for EMQX compatibility, no effect here: {why}", o.key(k)));
+        }
+    }
     let clientid = o.string("clientid")?.unwrap_or_else(|| format!("clink-{cluster_name}"));
     if clientid.is_empty() {
         return Err(Fail::new(o.key("clientid"), "must not be empty"));
@@ -2158,11 +2194,32 @@ listeners {
         assert_eq!(c.cluster.links[0].server[1].to_string(), "[::1]:2");
         assert_eq!(c.cluster.links[0].clientid, "clink-strait");
 
-        let e = err(&base(r#""h1""#));
-        assert!(
-            e.starts_with("test.conf: cluster.links[0].server: invalid server address \"h1\": missing port"),
-            "{e}"
-        );
+        // No port: 1883, as in EMQX.
+        let c = parse(&base(r#""h1,[::1]""#)).unwrap();
+        assert_eq!(c.cluster.links[0].server[0].to_string(), "h1:1883");
+        assert_eq!(c.cluster.links[0].server[1].to_string(), "[::1]:1883");
+        // GET → PUT round trip: the status fields and nulls of a link's JSON are taken back.
+        let mut shown = link_to_json(&c.cluster.links[0], false);
+        for (k, v) in [("status", "connected"), ("connected_server", "h1:1"), ("last_error", "x")] {
+            shown[k] = serde_json::json!(v);
+        }
+        shown["routes"] = serde_json::json!(["a/#"]);
+        shown["password"] = serde_json::Value::Null;
+        let (back, _) = link_from_json(&shown, "strait").expect("round trip");
+        assert_eq!(back, c.cluster.links[0]);
+        // EMQX's link keys are accepted, each with a warning naming it.
+        let c = parse(
+            r#"cluster.links = [{ name = "b", server = "h1", topics = ["a/#"], pool_size = 8,
+                 resource_opts { health_check_interval = 15s }, tcp_opts { nodelay = true } }]"#,
+        )
+        .unwrap();
+        for k in ["pool_size", "resource_opts", "tcp_opts"] {
+            assert!(
+                c.warnings.iter().any(|w| w.starts_with(&format!("cluster.links[0].{k}: accepted for EMQX"))),
+                "{k}: {:?}",
+                c.warnings
+            );
+        }
         let e = err(&base(r#"["h1:1", "h2:x"]"#));
         assert!(e.starts_with("test.conf: cluster.links[0].server[1]: invalid server address"), "{e}");
         let e = err(r#"cluster.links = [{ name = "b" }]"#);
