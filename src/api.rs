@@ -43,6 +43,7 @@ pub fn router(broker: Arc<Broker>, node: String, keys: Vec<(String, strait_raft:
         .route("/api/v5/cluster/links", get(links).post(create_link))
         .route("/api/v5/cluster/links/link/{name}", get(link).put(update_link).delete(delete_link))
         .route("/api/v5/cluster/links/link/{name}/metrics", get(link_metrics))
+        .route("/api/v5/log", get(log_level).put(set_log_level))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
@@ -450,6 +451,23 @@ async fn create_link(State(s): State<ApiState>, JsonBody(v): JsonBody) -> Respon
 
 /// `PUT /api/v5/cluster/links/link/{name}`: change a link; keys not given keep their value
 /// (a password of `******` too). A changed `topics` re-bootstraps its routes.
+/// This node's log filter.
+async fn log_level() -> Json<serde_json::Value> {
+    Json(json!({"level": crate::logging::level()}))
+}
+
+/// Change this node's log filter at runtime: `{"level": "debug"}` or a directive like
+/// `"info,strait::link=debug"`. Until the next restart (the config file's `log.level` then).
+async fn set_log_level(JsonBody(v): JsonBody) -> Response {
+    let Some(level) = v.get("level").and_then(|l| l.as_str()) else {
+        return bad_request("expected {\"level\": \"debug\"} (or a filter directive)".into());
+    };
+    match crate::logging::set_level(level) {
+        Ok(()) => Json(json!({"level": crate::logging::level()})).into_response(),
+        Err(e) => bad_request(format!("level: {e}")),
+    }
+}
+
 async fn update_link(State(s): State<ApiState>, Path(name): Path<String>, JsonBody(v): JsonBody) -> Response {
     let Some(old) = s.broker.links.get(&name) else { return link_not_found(&name) };
     let Some(changes) = v.as_object() else { return bad_request("expected a link object".into()) };

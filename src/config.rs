@@ -503,11 +503,13 @@ pub struct LinkSslConfig {
 pub struct LogConfig {
     /// "info"
     pub level: String,
+    /// one JSON object per line (for log shippers) instead of text
+    pub json: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".to_string() }
+        LogConfig { level: "info".to_string(), json: false }
     }
 }
 
@@ -867,7 +869,7 @@ const CLUSTER: Schema = Schema::Obj(&[
     ("links", Schema::List(&LINK)),
     ("raft", RAFT),
 ]);
-const LOG: Schema = Schema::Obj(&[("level", L)]);
+const LOG: Schema = Schema::Obj(&[("level", L), ("format", L)]);
 const ROOT: Schema = Schema::Obj(&[
     ("node", NODE),
     ("listeners", LISTENERS),
@@ -1704,7 +1706,12 @@ fn decode_log(o: &Obj) -> R<LogConfig> {
             }
         }
     };
-    Ok(LogConfig { level })
+    let json = match o.string("format")?.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(Fail::new(o.key("format"), format!("expected text or json, found {other:?}"))),
+    };
+    Ok(LogConfig { level, json })
 }
 
 fn decode_cluster(o: &Obj, warnings: &mut Vec<String>) -> R<ClusterConfig> {

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod link;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&cfg.log.level);
+    init_tracing(&cfg.log.level, cfg.log.json);
     for w in &cfg.warnings {
         tracing::warn!("{origin}: {w}");
     }
@@ -134,15 +134,42 @@ async fn wait_for_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     // openraft reports every failed heartbeat to an unreachable peer (20 lines a second):
     // errors only, unless asked for; our own leadership and node-down lines say what matters.
-    let spec = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error") };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(spec));
+    let quiet = |l: &str| if l.contains("openraft") { l.to_string() } else { format!("{l},openraft=error") };
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| EnvFilter::try_new(v).is_ok());
+    let initial = from_env.clone().unwrap_or_else(|| level.to_string());
+    let filter = || match &from_env {
+        Some(v) => EnvFilter::new(v),
+        None => EnvFilter::new(quiet(level)),
+    };
+    let parse = move |spec: &str| EnvFilter::try_new(quiet(spec)).map_err(|e| format!("{spec:?}: {e}"));
     // Colours only for a terminal: a file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).try_init();
+    if json {
+        let b = tracing_subscriber::fmt()
+            .json()
+            .with_ansi(false)
+            .with_target(false)
+            .with_env_filter(filter())
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        if b.try_init().is_ok() {
+            strait::logging::install(&initial, Box::new(move |s| handle.reload(parse(s)?).map_err(|e| e.to_string())));
+        }
+    } else {
+        let b = tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_target(false)
+            .with_env_filter(filter())
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        if b.try_init().is_ok() {
+            strait::logging::install(&initial, Box::new(move |s| handle.reload(parse(s)?).map_err(|e| e.to_string())));
+        }
+    }
 }
 
 fn passwd(file: PathBuf, username: String, password: Option<String>) -> ExitCode {

@@ -443,3 +443,39 @@ async fn raft_over_mutual_tls_takes_only_peers_the_cluster_ca_signed() {
     c.wait_ready(&[0, 1, 2]).await;
     serves(&c, 1, 0, "tls/restart").await;
 }
+
+/// Logs for shippers: `log.format = json` writes one JSON object per line, with no terminal
+/// colour codes in a file; the level changes at runtime through the API (`PUT /api/v5/log`),
+/// and a bad level is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_without_colours_and_the_level_changed_at_runtime() {
+    init();
+    let mut c = ProcCluster::start(1, "log { format = json, level = info }");
+    c.wait_ready(&[0]).await;
+    let api = c.nodes[0].api;
+    let (code, body) = common::procs::http_get(api, "/api/v5/log").expect("API");
+    assert_eq!((code, body.contains("\"level\":\"info")), (200, true), "{body}");
+    let (code, body) = common::procs::http(api, "PUT", "/api/v5/log", Some(r#"{"level": "debug"}"#)).expect("API");
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = common::procs::http_get(api, "/api/v5/log").expect("API");
+    assert!(body.contains("\"level\":\"debug\""), "{body}");
+    let (code, body) = common::procs::http(api, "PUT", "/api/v5/log", Some(r#"{"level": "loud=="}"#)).expect("API");
+    assert_eq!(code, 400, "{body}");
+    // A debug line now shows up (a client connecting logs at debug level).
+    let _ = Raw::connect(addr(c.nodes[0].mqtt), Protocol::V5, "log-probe").await;
+    let log = c.nodes[0].log.clone();
+    common::wait_for(
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"level\":\"DEBUG\"")),
+        Duration::from_secs(10),
+        "a DEBUG line after the level change",
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "no JSON lines: {text}");
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+    c.kill(0);
+}
