@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use strait::config::Config;
 use strait::node::Node;
 
+mod ctl;
+
 /// Strait: a Raft-replicated clustered MQTT broker with cluster linking.
 ///
 /// With no arguments, runs a single-node broker: MQTT on 0.0.0.0:1883, the HTTP API on
@@ -35,6 +37,9 @@ enum Cmd {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Operate a running node over its HTTP API: cluster status, links, clients, log level
+    /// (exit 0 ok, 1 refused or unhealthy, 2 usage, 3 unreachable).
+    Ctl(ctl::Ctl),
     /// Add or update a user in a password file (mosquitto_passwd compatible format).
     Passwd {
         /// The password file (created if missing).
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Cmd::Passwd { file, username, password }) => return passwd(file, username, password),
+        Some(Cmd::Ctl(c)) => return ctl::run(c),
     };
     let cfg = match cfg {
         Ok(c) => c,

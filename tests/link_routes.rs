@@ -11,7 +11,7 @@ use common::init;
 use std::time::{Duration, Instant};
 
 use common::procs::{http_get, ProcCluster};
-use common::raw::{publish, Raw};
+use common::raw::{connect_packet, publish, Raw};
 use serde_json::Value;
 use strait::mqtt::packet::{Packet, Properties, Protocol, QoS, SubOptions, Subscribe, SubscribeFilter, Unsubscribe};
 
@@ -132,10 +132,12 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
 
     tracing::info!("== {ROUTES} distinct filters on one us-east node");
     let west_rss: Vec<u64> = (0..3).map(|i| west.pid(i).map(rss_kb).unwrap_or(0)).collect();
-    // On a node that does not hold the link (the leader is killed below).
-    let leader = east.wait_ready(&[0, 1, 2]).await;
-    let home = (leader + 1) % 3;
-    let (mut s, _) = Raw::connect(common::addr(east.nodes[home].mqtt), Protocol::V5, "many").await;
+    // A persistent session: its subscriptions outlive the node it is connected to (which may
+    // be the one killed below).
+    let mut many = connect_packet(Protocol::V5, "many");
+    many.properties.session_expiry_interval = Some(3600);
+    let (mut s, ack) = Raw::connect_with(common::addr(east.nodes[1].mqtt), many.clone()).await;
+    assert_eq!(ack.code, 0);
     let filters: Vec<String> = (0..ROUTES).map(|i| format!("linked/s/{i}")).collect();
     let started = Instant::now();
     for (n, chunk) in filters.chunks(500).enumerate() {
@@ -172,9 +174,22 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
 
     tracing::info!("== SIGKILL the link holder; 1,000 filters go while the link moves");
     let holder = east.wait_ready(&[0, 1, 2]).await;
-    assert_ne!(holder, home, "leadership moved to the subscriber's node");
     let connects = link_status(&east, link).and_then(|v| v["connects"].as_u64()).unwrap_or(0);
     east.kill(holder);
+    drop(s);
+    // The session resumes on a surviving node once a new leader commits its CONNECT.
+    let other = (holder + 1) % 3;
+    many.clean_start = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        let (s, ack) = Raw::connect_with(common::addr(east.nodes[other].mqtt), many.clone()).await;
+        if ack.code == 0 {
+            assert!(ack.session_present, "the persistent session resumed");
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no CONNACK 0 from the survivors within 20 s: {ack:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for (n, chunk) in filters[..1000].chunks(100).enumerate() {
         let id = n as u16 + 300;
         let un = Unsubscribe { packet_id: id, filters: chunk.to_vec(), properties: Properties::default() };
