@@ -237,18 +237,33 @@ async fn subscriptions(State(s): State<ApiState>) -> Json<serde_json::Value> {
 struct LinksQuery {
     /// `true`: this node's own view, never the leader's.
     local: Option<bool>,
+    /// `all`: every route in `routes` (otherwise the first 1,000; `route_count` has the total).
+    routes: Option<String>,
+}
+
+/// Routes listed in a link's status unless `?routes=all`.
+const SHOWN_ROUTES: usize = 1000;
+
+impl LinksQuery {
+    fn max_routes(&self) -> usize {
+        if self.routes.as_deref() == Some("all") {
+            usize::MAX
+        } else {
+            SHOWN_ROUTES
+        }
+    }
 }
 
 /// The links as this node sees them (`node` names it). Only the Raft leader holds the link
 /// connections; the others show `standby`.
-fn local_links(s: &ApiState) -> Vec<serde_json::Value> {
+fn local_links(s: &ApiState, max_routes: usize) -> Vec<serde_json::Value> {
     let node = s.broker.cluster().map(|c| c.node_name.clone()).unwrap_or_else(|| s.node.to_string());
     s.broker
         .links
         .statuses()
         .iter()
         .map(|x| {
-            let mut v = x.to_json();
+            let mut v = x.to_json(max_routes);
             v["node"] = json!(node);
             v
         })
@@ -257,19 +272,21 @@ fn local_links(s: &ApiState) -> Vec<serde_json::Value> {
 
 /// The links as the Raft leader sees them (it holds the connections): asked over its HTTP API
 /// when this node is not the leader; this node's own view when the leader cannot be asked.
-async fn leader_links(s: &ApiState) -> Vec<serde_json::Value> {
-    let Some(c) = s.broker.cluster() else { return local_links(s) };
+async fn leader_links(s: &ApiState, max_routes: usize) -> Vec<serde_json::Value> {
+    let Some(c) = s.broker.cluster() else { return local_links(s, max_routes) };
     let l = c.leadership();
-    let Some(leader) = l.leader.filter(|id| *id != c.id) else { return local_links(s) };
+    let Some(leader) = l.leader.filter(|id| *id != c.id) else { return local_links(s, max_routes) };
     let api = c.read(move |st| st.nodes.get(&leader).and_then(|n| n.api.clone())).await;
     if let Some(api) = api {
-        if let Some(v) = http_get_json(&api, "/api/v5/cluster/links?local=true", s.own.as_deref()).await {
+        let all = if max_routes == usize::MAX { "&routes=all" } else { "" };
+        let path = format!("/api/v5/cluster/links?local=true{all}");
+        if let Some(v) = http_get_json(&api, &path, s.own.as_deref()).await {
             if let Some(data) = v["data"].as_array() {
                 return data.clone();
             }
         }
     }
-    local_links(s)
+    local_links(s, max_routes)
 }
 
 /// A small HTTP/1.1 GET to another node's API (2 s bound); its JSON body.
@@ -293,7 +310,8 @@ async fn http_get_json(addr: &str, path: &str, auth: Option<&str>) -> Option<ser
 }
 
 async fn links(State(s): State<ApiState>, q: axum::extract::Query<LinksQuery>) -> Json<serde_json::Value> {
-    let data = if q.local == Some(true) { local_links(&s) } else { leader_links(&s).await };
+    let data =
+        if q.local == Some(true) { local_links(&s, q.max_routes()) } else { leader_links(&s, q.max_routes()).await };
     Json(json!({ "data": data, "meta": { "count": data.len() } }))
 }
 
@@ -303,7 +321,8 @@ fn link_not_found(name: &str) -> Response {
 }
 
 async fn link(State(s): State<ApiState>, Path(name): Path<String>, q: axum::extract::Query<LinksQuery>) -> Response {
-    let all = if q.local == Some(true) { local_links(&s) } else { leader_links(&s).await };
+    let all =
+        if q.local == Some(true) { local_links(&s, q.max_routes()) } else { leader_links(&s, q.max_routes()).await };
     match all.into_iter().find(|l| l["name"] == name.as_str()) {
         Some(l) => Json(l).into_response(),
         None => link_not_found(&name),
@@ -311,12 +330,12 @@ async fn link(State(s): State<ApiState>, Path(name): Path<String>, q: axum::extr
 }
 
 async fn link_metrics(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    match leader_links(&s).await.into_iter().find(|l| l["name"] == name.as_str()) {
+    match leader_links(&s, SHOWN_ROUTES).await.into_iter().find(|l| l["name"] == name.as_str()) {
         Some(l) => Json(json!({
             "name": l["name"],
             "node": l["node"],
             "status": l["status"],
-            "routes": l["routes"].as_array().map(|r| r.len()).unwrap_or(0),
+            "routes": l["route_count"],
             "inflight": l["inflight"],
             "messages_received": l["messages_received"],
             "messages_published": l["messages_published"],

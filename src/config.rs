@@ -1874,6 +1874,7 @@ pub const LINK_STATUS_FIELDS: &[&str] = &[
     "routes_refused_count",
     "routes_pending",
     "routes_wanted",
+    "routes_truncated",
     "inflight",
     "messages_received",
     "messages_published",

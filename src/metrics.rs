@@ -33,6 +33,47 @@ pub struct Metrics {
     pub keepalive_timeouts: AtomicU64,
     pub send_timeouts: AtomicU64,
     pub wills_published: AtomicU64,
+    /// Requests refused at a configured bound, by [`Limit`].
+    pub limits_hit: [AtomicU64; Limit::ALL.len()],
+}
+
+/// The per-client bounds a request can run into (each a config key under `mqtt`).
+#[derive(Clone, Copy)]
+pub enum Limit {
+    /// max_subscriptions (SUBACK 0x97)
+    Subscriptions,
+    /// max_topic_alias (DISCONNECT 0x94)
+    TopicAlias,
+    /// max_clientid_len (CONNACK 0x85)
+    ClientIdLength,
+    /// the Receive Maximum we advertise, max_inflight (DISCONNECT 0x93)
+    ReceiveMaximum,
+    /// max_user_properties (DISCONNECT 0x95)
+    UserProperties,
+    /// max_packet_size (DISCONNECT 0x95)
+    PacketSize,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 6] = [
+        Limit::Subscriptions,
+        Limit::TopicAlias,
+        Limit::ClientIdLength,
+        Limit::ReceiveMaximum,
+        Limit::UserProperties,
+        Limit::PacketSize,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Subscriptions => "max_subscriptions",
+            Limit::TopicAlias => "max_topic_alias",
+            Limit::ClientIdLength => "max_clientid_len",
+            Limit::ReceiveMaximum => "receive_maximum",
+            Limit::UserProperties => "max_user_properties",
+            Limit::PacketSize => "max_packet_size",
+        }
+    }
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -40,6 +81,10 @@ pub fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
+    pub fn limit_hit(&self, l: Limit) {
+        inc(&self.limits_hit[l as usize]);
+    }
+
     /// Prometheus exposition. `queued` is the total of all session queues, `inflight` of all
     /// inflight windows (computed by the caller).
     pub fn render(&self, queued: usize, inflight: usize) -> String {
@@ -159,6 +204,14 @@ impl Metrics {
             ld(&self.send_timeouts),
         );
         g(&mut s, "strait_wills_published_total", "Will messages published", "counter", ld(&self.wills_published));
+        let _ = writeln!(
+            s,
+            "# HELP strait_limits_hit_total Requests refused at a configured per-client bound\n# TYPE strait_limits_hit_total counter"
+        );
+        for l in Limit::ALL {
+            let _ =
+                writeln!(s, "strait_limits_hit_total{{limit=\"{}\"}} {}", l.label(), ld(&self.limits_hit[l as usize]));
+        }
         g(&mut s, "strait_queued_messages", "Messages waiting in session queues", "gauge", queued as i64);
         g(
             &mut s,

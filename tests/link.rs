@@ -234,12 +234,28 @@ async fn the_link_survives_a_leader_sigkill_without_losing_acknowledged_messages
                 deliveries += 1;
             }
             Got::Packet(_) => {}
-            other => panic!(
-                "after {} messages: {other:?}; us-east:{} eu-west:{}",
-                received.len(),
-                east.links_report(),
-                west.links_report()
-            ),
+            other => {
+                // The replicated views (GET /clients/{id} reads the replicated queue), and
+                // which messages are missing: where the rest of them are says where it broke.
+                let missing: Vec<u16> = (0..n).filter(|i| !received.contains(i)).collect();
+                let view = |c: &ProcCluster, id: &str| -> Vec<String> {
+                    c.nodes
+                        .iter()
+                        .filter_map(|node| common::procs::http_get(node.api, &format!("/api/v5/clients/{id}")))
+                        .map(|(_, b)| b)
+                        .collect()
+                };
+                east.dump_logs();
+                west.dump_logs();
+                panic!(
+                    "after {} messages: {other:?}; missing {missing:?}; far-sub: {:?}; eu-west's outbox: {:?}; us-east:{} eu-west:{}",
+                    received.len(),
+                    view(&east, "far-sub"),
+                    view(&west, "clink-cluster-us-east"),
+                    east.links_report(),
+                    west.links_report()
+                )
+            }
         }
     }
     tracing::info!(

@@ -17,10 +17,15 @@ use strait::mqtt::packet::{Packet, Properties, Protocol, QoS, SubOptions, Subscr
 
 const ROUTES: usize = 100_000;
 
-/// The leader's status of link `name` (None: no node answers with it).
+/// The leader's status of link `name` (None: no node answers with it); its first 1,000 routes.
 fn link_status(c: &ProcCluster, name: &str) -> Option<Value> {
+    link_status_with(c, name, "")
+}
+
+/// `link_status` with a query (`?routes=all`: every route listed).
+fn link_status_with(c: &ProcCluster, name: &str, query: &str) -> Option<Value> {
     c.nodes.iter().find_map(|n| {
-        let (code, body) = http_get(n.api, &format!("/api/v5/cluster/links/link/{name}"))?;
+        let (code, body) = http_get(n.api, &format!("/api/v5/cluster/links/link/{name}{query}"))?;
         let v: Value = serde_json::from_str(&body).ok()?;
         (code == 200 && v["status"] == "connected").then_some(v)
     })
@@ -59,7 +64,7 @@ async fn until_link(c: &ProcCluster, name: &str, within: Duration, what: &str, c
             c.dump_logs();
             panic!("{what}: not within {within:?}; last link status: {brief:?}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -151,7 +156,8 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
     .await;
     let mirrored = started.elapsed();
     assert_eq!(v["routes_refused_count"], 0, "nothing refused");
-    assert!(!v["routes"].as_array().is_some_and(|r| r.iter().any(|x| x == "linked/#")), "a stale linked/# route");
+    let all = link_status_with(&east, link, "?routes=all").expect("link status");
+    assert!(!all["routes"].as_array().is_some_and(|r| r.iter().any(|x| x == "linked/#")), "a stale linked/# route");
     let at_west = west.nodes.iter().find_map(|n| subscriptions_cnt(n.api, holder_at_west));
     assert_eq!(at_west, Some(ROUTES as u64), "eu-west's count of the link session's routes");
     let grown: Vec<i64> = (0..3).map(|i| west.pid(i).map(rss_kb).unwrap_or(0) as i64 - west_rss[i] as i64).collect();
@@ -200,7 +206,10 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
         v["connects"].as_u64().unwrap_or(0) > connects && v["route_count"] == ROUTES - 1000 && v["routes_pending"] == 0
     })
     .await;
+    assert_eq!(v["routes_truncated"], true, "1,000 routes listed unless ?routes=all");
+    let v = link_status_with(&east, link, "?routes=all").expect("link status");
     let routes = v["routes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(routes.len(), ROUTES - 1000, "?routes=all lists every route");
     assert!(!routes.iter().any(|r| r == "linked/s/0" || r == "linked/s/999"), "a removed route stayed");
     assert!(routes.iter().any(|r| r == "linked/s/1000"), "a kept route went");
     let at_west = west.nodes.iter().find_map(|n| subscriptions_cnt(n.api, holder_at_west));

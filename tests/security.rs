@@ -347,6 +347,8 @@ async fn one_client_cannot_make_a_node_allocate_without_bound() {
     let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
     p.send(&Packet::Publish(many.clone())).await;
     assert_eq!(p.expect_close(Duration::from_secs(5)).await, Some(0x95), "501 user properties");
+    let (_, metrics) = http_get(node.api, "/metrics").expect("metrics");
+    assert!(metrics.contains("strait_limits_hit_total{limit=\"max_user_properties\"} 1"), "{metrics}");
     many.properties.user_properties.truncate(500);
     let (mut p, _) = Raw::connect(addr(node.mqtt), Protocol::V5, "props").await;
     assert_eq!(p.publish(many).await, 0, "500 user properties");

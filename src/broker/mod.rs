@@ -364,7 +364,7 @@ impl Broker {
         let now = now_ms();
         let mut end_session = false;
         let mut publish_now = None;
-        {
+        let ours = {
             let mut st = session.lock();
             let ours = st.conn.as_ref().is_some_and(|c| c.conn_id == conn_id);
             if ours {
@@ -387,13 +387,17 @@ impl Broker {
                 // Taken over by a connection that resumed the session: the client came back
                 // within the will delay, so the delayed will is not sent.
             }
-        }
+            ours
+        };
         if let Some(c) = self.cluster() {
             let owner = session.owner.load(Ordering::Acquire);
             if owner != c.id {
                 // Taken over by another node: the session lives on there; our object is its stub.
                 end_session = false;
-            } else {
+            } else if ours {
+                // Only the connection that still holds the session says it is gone: one taken
+                // over on this node would otherwise commit a Disconnect under the new
+                // connection's epoch, and the new connection would be put out.
                 let (expiry, epoch) = (session.lock().expiry_interval, session.epoch.load(Ordering::Acquire));
                 c.commit_detached(vec![Command::Disconnect {
                     client_id: session.client_id.to_string(),

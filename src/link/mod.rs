@@ -303,7 +303,8 @@ impl LinkStatus {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).status
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The status as the API shows it, with at most `max_routes` of its routes listed.
+    pub fn to_json(&self, max_routes: usize) -> serde_json::Value {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut v = link_to_json(&self.config, false);
         v["status"] = json!(st.status);
@@ -311,7 +312,8 @@ impl LinkStatus {
         v["status_since_ms"] = json!(st.since_ms);
         v["last_error"] = json!(st.last_error);
         v["route_count"] = json!(st.routes.len());
-        v["routes"] = json!(st.routes);
+        v["routes"] = json!(st.routes.iter().take(max_routes).collect::<Vec<_>>());
+        v["routes_truncated"] = json!(st.routes.len() > max_routes);
         v["routes_refused_count"] = json!(st.refused_count);
         v["routes_refused"] = st.refused.iter().map(|(r, why)| json!({"route": r, "reason": why})).collect();
         v["routes_pending"] = json!(st.routes_pending);

@@ -311,8 +311,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             tracing::warn!(peer = %self.peer, theirs = ?theirs, ours = LINK_VERSION, "conn.refused: link protocol version mismatch");
             fail = Some(reason::UNSUPPORTED_PROTOCOL_VERSION);
             why = Some(format!("link protocol {LINK_VERSION} here, {} there", theirs.unwrap_or("none")));
-        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) || client_id.len() > cfg.max_clientid_len {
+        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) {
             // (`$link:` names the origin of messages that came over a cluster link.)
+            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        } else if client_id.len() > cfg.max_clientid_len {
+            self.broker.metrics.limit_hit(crate::metrics::Limit::ClientIdLength);
             fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
         } else if client_id.is_empty() {
             if !v5 && !c.clean_start {
@@ -659,6 +662,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 Ok(None) => return None,
                 Err(e) => {
                     let code = e.reason_code();
+                    match &e {
+                        CodecError::TooMany(_) => self.broker.metrics.limit_hit(crate::metrics::Limit::UserProperties),
+                        CodecError::TooLarge { .. } => self.broker.metrics.limit_hit(crate::metrics::Limit::PacketSize),
+                        _ => {}
+                    }
                     if code == reason::MALFORMED_PACKET {
                         inc(&self.broker.metrics.malformed_packets);
                     } else {
@@ -932,6 +940,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         }
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > cfg.max_topic_alias {
+                self.broker.metrics.limit_hit(crate::metrics::Limit::TopicAlias);
                 return Some(Close::Server(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
             }
             if p.topic.is_empty() {
@@ -964,6 +973,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 usize::from(cfg.max_inflight).max(cfg.max_awaiting_rel)
             };
             if st.awaiting_rel.len() >= limit {
+                self.broker.metrics.limit_hit(crate::metrics::Limit::ReceiveMaximum);
                 return Some(Close::Server(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many QoS 2 messages awaiting PUBREL",
@@ -1069,6 +1079,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 let st = live.session.lock();
                 st.subscriptions.len() >= m && !st.subscriptions.contains_key(&f.filter)
             }) {
+                self.broker.metrics.limit_hit(crate::metrics::Limit::Subscriptions);
                 reason::QUOTA_EXCEEDED
             } else {
                 let granted = granted_qos(f.options.qos, cfg.max_qos_allowed);
@@ -1150,6 +1161,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let now = now_ms();
         let is_link = live.session.link.load(std::sync::atomic::Ordering::Relaxed);
         let mut st = live.session.lock();
+        if st.conn.as_ref().is_none_or(|c| c.conn_id != live.conn_id) {
+            // Taken over (its kick is on the way): the queue is the new connection's now. A
+            // message moved into the inflight window here would be written to this dying
+            // socket after the new connection resent the window, and wait there until the
+            // client's next reconnect.
+            return;
+        }
         while self.outbuf.len() < HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(st.window) {
