@@ -34,6 +34,7 @@ pub fn router(broker: Arc<Broker>, node: String, keys: Vec<(String, strait_raft:
     let state = ApiState { broker, node: node.into(), started: Instant::now(), keys: Arc::new(keys), own };
     Router::new()
         .route("/api/v5/status", get(status))
+        .route("/api/v5/ready", get(ready))
         .route("/api/v5/clients", get(clients))
         .route("/api/v5/clients/{id}", get(client).delete(kick))
         .route("/api/v5/subscriptions", get(subscriptions))
@@ -58,7 +59,8 @@ pub fn router(broker: Arc<Broker>, node: String, keys: Vec<(String, strait_raft:
 /// carries `Origin`) may not change anything: a web page cannot drive the API.
 async fn guard(State(s): State<ApiState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let headers = req.headers();
-    let open = req.uri().path() == "/api/v5/status";
+    // Health checks: alive, and ready (for a load balancer or a Kubernetes readiness probe).
+    let open = matches!(req.uri().path(), "/api/v5/status" | "/api/v5/ready");
     if !open && !s.keys.is_empty() && !authorized(&s.keys, headers.get(header::AUTHORIZATION)) {
         s.broker.metrics.api_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body =
@@ -122,6 +124,14 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
         "sessions": s.broker.sessions().len(),
         "retained": s.broker.retained_count(),
     }))
+}
+
+/// Ready to serve: a single node always; a cluster node while it sees a leader with a lease
+/// (a partitioned minority answers 503, so a load balancer sends nobody there).
+async fn ready(State(s): State<ApiState>) -> Response {
+    let ok = s.broker.cluster().is_none_or(|c| c.available());
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({"ready": ok}))).into_response()
 }
 
 fn client_json(s: &crate::broker::session::Session) -> serde_json::Value {

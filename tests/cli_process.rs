@@ -65,6 +65,38 @@ fn check_config_exit_codes_and_messages() {
         }
     }
     assert!(found > 0, "no example configs found in config/");
+
+    // The deploy kit's configs, as their containers see them (paths relative to /etc/strait).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check_in = |dir: &std::path::Path, file: &std::path::Path, env: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(file)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    };
+    check_in(root, &root.join("deploy/docker/strait.hocon"), &[]);
+    for r in ["us-east", "eu-west"] {
+        for i in 1..=3 {
+            let compose = root.join("deploy/compose");
+            check_in(&compose, &compose.join(format!("{r}/node{i}.hocon")), &[]);
+        }
+    }
+    // Kubernetes: the ConfigMap's file beside the Secret's files, the pod name from the env.
+    let etc = std::env::temp_dir().join(format!("strait-k8s-{}", std::process::id()));
+    let secret = etc.join("secret");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::copy(root.join("deploy/k8s/strait.hocon"), etc.join("strait.hocon")).expect("copy");
+    std::fs::write(secret.join("cluster-secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
+    std::fs::write(secret.join("api-keys"), "ops:0123456789abcdef0123\n").expect("write");
+    for (from, to) in [("ca.pem", "ca.pem"), ("node1.pem", "node.pem"), ("node1.key", "node.key")] {
+        std::fs::copy(root.join("config/certs/us-east").join(from), secret.join(to)).expect("copy");
+    }
+    check_in(&etc, &etc.join("strait.hocon"), &[("STRAIT_NODE__NAME", "strait-1@strait-1.strait-headless")]);
+    let _ = std::fs::remove_dir_all(&etc);
 }
 
 /// Start `strait run` with a config binding port 0; returns the child and its MQTT address.

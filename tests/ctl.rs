@@ -82,3 +82,28 @@ async fn ctl_runs_the_common_operations_with_script_friendly_exit_codes() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     a.kill(0);
 }
+
+/// `/api/v5/ready` (open, for load balancers and Kubernetes readiness probes): 200 while the
+/// node sees a leader with a lease, 503 once it is cut off (here: the other two killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_a_leader_with_a_lease() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let ready = |port: u16| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        std::io::Write::write_all(&mut s, b"GET /api/v5/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+    };
+    for n in &c.nodes {
+        assert_eq!(ready(n.api), 200, "ready without a key, on {}", n.name);
+    }
+    c.kill(1);
+    c.kill(2);
+    let api = c.nodes[0].api;
+    common::wait_for(|| ready(api) == 503, std::time::Duration::from_secs(15), "503 from a node without a majority")
+        .await;
+}

@@ -782,22 +782,24 @@ impl Broker {
         }
     }
 
+    /// (The links are told after the router changed: one woken before would read the route
+    /// table without the change and then sleep through it.)
     fn route_add(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
-        self.routes_changed.notify_waiters();
         let local = !session.link.load(Ordering::Relaxed);
         let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id, local };
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.subscribe(inner, Some(group), subscriber),
             _ => self.router.subscribe(filter, None, subscriber),
         };
+        self.routes_changed.notify_waiters();
     }
 
     fn route_remove(&self, session: &Arc<Session>, filter: &str) {
-        self.routes_changed.notify_waiters();
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.unsubscribe(inner, Some(group), session),
             _ => self.router.unsubscribe(filter, None, session),
         };
+        self.routes_changed.notify_waiters();
     }
 
     /// Sessions known to this node (connected or persistent).
