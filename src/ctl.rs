@@ -282,14 +282,15 @@ fn dispatch(api: &Api, what: What, as_json: bool) -> Result<bool, Fail> {
                 pretty(&json!(links));
             } else {
                 for l in &links {
+                    // The last error is history once connected again: shown only while down.
+                    let error = if l["status"] == "connected" { String::new() } else { str_of(&l["last_error"]) };
                     println!(
-                        "{:<20} {:<13} server={} routes={} refused={} error={}",
+                        "{:<20} {:<13} server={} routes={} refused={} {error}",
                         str_of(&l["name"]),
                         str_of(&l["status"]),
                         str_of(&l["connected_server"]),
                         str_of(&l["route_count"]),
                         str_of(&l["routes_refused_count"]),
-                        str_of(&l["last_error"])
                     );
                 }
             }

@@ -181,6 +181,7 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
     tracing::info!("== SIGKILL the link holder; 1,000 filters go while the link moves");
     let holder = east.wait_ready(&[0, 1, 2]).await;
     let killed = east.nodes[holder].name.clone();
+    let kill_at = Instant::now();
     east.kill(holder);
     drop(s);
     // The session resumes on a surviving node once a new leader commits its CONNECT.
@@ -206,6 +207,7 @@ async fn routes_are_intersections_and_stay_exact_at_100k_through_a_link_holder_s
         v["node"] != killed.as_str() && v["route_count"] == ROUTES - 1000 && v["routes_pending"] == 0
     })
     .await;
+    tracing::info!("== routes exact at eu-west through the new holder {:?} after the SIGKILL", kill_at.elapsed());
     assert_eq!(v["routes_truncated"], true, "1,000 routes listed unless ?routes=all");
     let v = link_status_with(&east, link, "?routes=all").expect("link status");
     let routes = v["routes"].as_array().cloned().unwrap_or_default();

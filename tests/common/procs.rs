@@ -158,7 +158,9 @@ impl ProcCluster {
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).expect("log file");
         let err = log.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_strait"))
+        // STRAIT_TEST_BIN runs another build (e.g. target/release/strait, for figures).
+        let bin = std::env::var("STRAIT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strait").to_string());
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&n.config)
             .env("RUST_LOG", "info,openraft=error")
