@@ -194,7 +194,8 @@ impl Api {
             0 => Err(Fail::Unreachable(format!("the API at {} answered no HTTP", self.addr))),
             _ => {
                 let msg = v["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-                Err(Fail::Refused(format!("{method} {path}: HTTP {code}: {msg}")))
+                let api_code = v["code"].as_str().map(|c| format!(" {c}")).unwrap_or_default();
+                Err(Fail::Refused(format!("{method} {path}: HTTP {code}{api_code}: {msg}")))
             }
         }
     }
@@ -253,7 +254,15 @@ fn str_of(v: &Value) -> String {
 fn dispatch(api: &Api, what: What, as_json: bool) -> Result<bool, Fail> {
     match what {
         What::Cluster { op: ClusterOp::Status } => {
-            let v = api.call("GET", "/api/v5/cluster", None)?;
+            let v = match api.call("GET", "/api/v5/cluster", None) {
+                Err(Fail::Refused(e)) if e.contains("NOT_CLUSTERED") => {
+                    // A single node is its own healthy cluster.
+                    let st = api.call("GET", "/api/v5/status", None)?;
+                    println!("single node {} (no cluster): {}", str_of(&st["node"]), str_of(&st["status"]));
+                    return Ok(true);
+                }
+                other => other?,
+            };
             if as_json {
                 pretty(&v);
             } else {
@@ -269,7 +278,7 @@ fn dispatch(api: &Api, what: What, as_json: bool) -> Result<bool, Fail> {
                         "  {:<28} {:<10} reachable={}",
                         str_of(&n["name"]),
                         str_of(&n["role"]),
-                        str_of(&n["reachable"])
+                        if n["reachable"].is_null() { "unknown here".to_string() } else { str_of(&n["reachable"]) }
                     );
                 }
             }

@@ -107,3 +107,16 @@ async fn ready_means_a_leader_with_a_lease() {
     common::wait_for(|| ready(api) == 503, std::time::Duration::from_secs(15), "503 from a node without a majority")
         .await;
 }
+
+/// A single node (no cluster) is healthy for `ctl cluster status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_cluster_status_on_a_single_node() {
+    init();
+    let mut a = ProcCluster::configure("solo", 1, 0, "");
+    a.spawn(0);
+    a.wait_up(0).await;
+    let (code, out) = ctl(&a.nodes[0].config, &["cluster", "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("single node n1@127.0.0.1 (no cluster): running"), "{out}");
+    a.kill(0);
+}

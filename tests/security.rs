@@ -153,7 +153,10 @@ async fn the_api_wants_a_key_json_bodies_and_never_leaks_a_link_password() {
     let ok = basic(TEST_API_KEY, TEST_API_SECRET);
     let json_type = "Content-Type: application/json";
 
-    assert_eq!(http_with(api, "GET", "/api/v5/status", &[], "").0, 200, "the health check is open");
+    let (code, body) = http_with(api, "GET", "/api/v5/status", &[], "");
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"running"}"#), "the health check is open and says no more");
+    let (code, body) = http_with(api, "GET", "/api/v5/status", &[&ok], "");
+    assert!(code == 200 && body.contains("\"uptime_secs\""), "with a key, the details: {body}");
     for path in ["/api/v5/clients", "/api/v5/cluster", "/api/v5/cluster/links", "/metrics"] {
         let (code, body) = http_with(api, "GET", path, &[], "");
         assert_eq!(code, 401, "{path} without a key: {body}");
