@@ -815,7 +815,16 @@ async fn a_sending_node_cut_off_from_its_cluster_ends_the_link_it_serves() {
     }
     east.wait_ready(&[0, 1, 2]).await;
     let sub = mosquitto_sub(west.nodes[2].mqtt, "linked/#", 1);
+    subscribed(west.nodes[2].api, "linked/#").await;
     west.wait_link("cluster-us-east", Some("linked/#")).await;
+    // Nothing on its way either: an UNSUBSCRIBE of the earlier subscriber's route, held back
+    // while us-east had no majority, may still be in flight.
+    common::wait_for(
+        || link_status().is_some_and(|v| v["routes_pending"] == 0 && v["routes"].to_string().contains("linked/#")),
+        Duration::from_secs(20),
+        "eu-west's routes settled at us-east",
+    )
+    .await;
     route_at(east.nodes[x].api, "clink-cluster-eu-west", "linked/#").await;
     mosquitto_pub(east.nodes[x].mqtt, "linked/after", "2");
     assert_eq!(output(sub).trim(), "linked/after 2");

@@ -10,7 +10,7 @@ use common::init;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{http_get, ProcCluster};
+use common::procs::{http_get, rss_kb, ProcCluster};
 use common::raw::{connect_packet, publish, Raw};
 use serde_json::Value;
 use strait::mqtt::packet::{Packet, Properties, Protocol, QoS, SubOptions, Subscribe, SubscribeFilter, Unsubscribe};
@@ -88,16 +88,6 @@ async fn subscribe_many(c: &mut Raw, filters: &[String], id: u16) {
         })
         .await;
     assert!(codes.iter().all(|c| *c == 1), "SUBACK {id}: {codes:?}");
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

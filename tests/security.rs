@@ -7,7 +7,7 @@ use common::{addr, init};
 
 use std::time::Duration;
 
-use common::procs::{http_get, ProcCluster, TEST_API_KEY, TEST_API_SECRET, TEST_SECRET};
+use common::procs::{http_get, rss_kb, ProcCluster, TEST_API_KEY, TEST_API_SECRET, TEST_SECRET};
 use common::raw::{publish, Raw};
 use serde_json::Value;
 use strait::mqtt::packet::{Packet, Protocol, QoS};
@@ -270,16 +270,6 @@ async fn only_the_other_cluster_holding_the_link_credentials_is_a_link() {
         common::raw::Got::Packet(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"through the link"),
         other => panic!("the link stopped carrying messages: {other:?}; us-east:{}", east.links_report()),
     }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// What one client can make a node allocate is bounded: a client that sends PINGREQs and never

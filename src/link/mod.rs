@@ -305,7 +305,8 @@ impl LinkStatus {
 
     /// The status as the API shows it, with at most `max_routes` of its routes listed.
     pub fn to_json(&self, max_routes: usize) -> serde_json::Value {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Read under the lock, no copy: the route list can be long.
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = link_to_json(&self.config, false);
         v["status"] = json!(st.status);
         v["connected_server"] = json!(st.server);

@@ -427,3 +427,14 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http(port, "GET", path, None)
 }
+
+/// Resident memory of process `pid` in KB (0 when it cannot be read).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
