@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::SslListenerConfig;
+use crate::conn;
 use crate::metrics::inc;
-use crate::mqtt::connection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -110,7 +110,7 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
             None => {
                 let (rd, wr) = stream.into_split();
                 tracker.spawn(async move {
-                    connection::serve(rd, wr, peer, broker, link_only).await;
+                    conn::serve(rd, wr, peer, broker, link_only).await;
                     drop(permit);
                 });
             }
@@ -120,7 +120,7 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
                     match handshake {
                         Ok(Ok(tls)) => {
                             let (rd, wr) = tokio::io::split(tls);
-                            connection::serve(rd, wr, peer, broker, link_only).await;
+                            conn::serve(rd, wr, peer, broker, link_only).await;
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls.handshake failed"),
                         Err(_) => tracing::info!(%peer, "tls.handshake timed out"),

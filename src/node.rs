@@ -9,11 +9,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::broker::session::Kick;
+use crate::broker::storage::{Storage, StorageError};
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
+use crate::link;
 use crate::listener::{self, ListenerError};
-use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -36,6 +37,8 @@ pub struct Node {
     pub api_addr: Option<SocketAddr>,
     /// Membership of a regional cluster (when `cluster.static.seeds` is set).
     pub cluster: Option<Arc<Cluster>>,
+    /// The links in force and their status.
+    pub links: Arc<link::Registry>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -60,7 +63,9 @@ impl Node {
         let clustered = !cfg.cluster.seeds.is_empty();
         // In a cluster, Raft (in data_dir/raft) is the store; the single-node sled store is not used.
         let storage = if clustered { None } else { Some(Storage::open(&cfg.node.data_dir)?) };
+        let links = Arc::new(link::Registry::new(&cfg, storage.clone())?);
         let broker = Broker::new(&cfg, storage, shutdown.clone())?;
+        broker.set_link_hooks(links.clone());
 
         let mut bound = Vec::new();
         for (name, l) in &cfg.listeners.tcp {
@@ -91,11 +96,14 @@ impl Node {
         let cluster = if clustered {
             let mqtt = bound.iter().filter_map(|b| b.listener.local_addr().ok()).map(|a| a.to_string()).collect();
             let api = api_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
-            Some(Cluster::start(&cfg, broker.clone(), mqtt, api, shutdown.clone(), tracker.clone()).await?)
+            // The API's link changes come committed, in order, through the cluster's view.
+            let registry = links.clone();
+            let follow: crate::cluster::LinksListener = Box::new(move |o| registry.set_overrides(o));
+            Some(Cluster::start(&cfg, broker.clone(), mqtt, api, follow, shutdown.clone(), tracker.clone()).await?)
         } else {
             None
         };
-        crate::link::start(&cfg, broker.clone(), shutdown.clone(), &tracker);
+        link::start(&cfg, broker.clone(), cluster.clone(), links.clone(), shutdown.clone(), &tracker);
         let mut listeners = Vec::new();
         for b in bound {
             if let Ok(addr) = b.listener.local_addr() {
@@ -108,13 +116,14 @@ impl Node {
             Some(l) => {
                 let addr = l.local_addr().ok();
                 tracing::info!(addr = ?addr, "api.started");
-                tracker.spawn(api::serve(l, broker.clone(), cfg.node.name.clone(), cfg.api.keys.clone()));
+                let state = api::ApiState::new(broker.clone(), cluster.clone(), links.clone(), &cfg);
+                tracker.spawn(api::serve(l, state));
                 addr
             }
             None => None,
         };
         tracker.spawn(broker.clone().run_housekeeping());
-        Ok(Node { broker, listeners, api_addr, cluster, shutdown, tracker })
+        Ok(Node { broker, listeners, api_addr, cluster, links, shutdown, tracker })
     }
 
     /// Address of the listener named e.g. "tcp.default".

@@ -87,6 +87,65 @@ impl Retained {
     }
 }
 
+impl super::Broker {
+    pub(super) fn retain(&self, msg: &Arc<Message>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        let res = if msg.payload.is_empty() {
+            retained.remove(&msg.topic);
+            self.storage.as_ref().map(|s| s.remove_retained(&msg.topic))
+        } else {
+            retained.insert(msg.topic.clone(), msg.clone());
+            self.storage.as_ref().map(|s| s.put_retained(msg))
+        };
+        self.metrics.retained.store(retained.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        drop(retained);
+        if let Some(Err(e)) = res {
+            tracing::warn!(topic = %msg.topic, error = %e, "storage.retained failed");
+        }
+    }
+
+    /// Retained messages matching `filter`, in topic order (a wildcard reads only the topics
+    /// under its literal prefix).
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained.read().unwrap_or_else(|e| e.into_inner()).matching(filter, super::message::now_ms())
+    }
+
+    /// Whether retaining `msg` would go past `mqtt.max_retained_messages` or
+    /// `max_retained_bytes` (a replacement of a retained topic is measured by its growth).
+    pub fn retained_full(&self, msg: &Message) -> bool {
+        let (count, bytes) = (self.mqtt.max_retained_messages, self.mqtt.max_retained_bytes);
+        !msg.payload.is_empty()
+            && self.retained.read().unwrap_or_else(|e| e.into_inner()).would_exceed(msg, count, bytes)
+    }
+
+    pub fn set_retained(&self, topic: Arc<str>, msg: Option<Arc<Message>>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => {
+                retained.insert(topic, m);
+            }
+            None => {
+                retained.remove(&topic);
+            }
+        }
+        self.metrics.retained.store(retained.len() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Replace every retained message (a cluster's snapshot restore).
+    pub fn reset_retained(&self, all: impl IntoIterator<Item = (String, Message)>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        retained.clear();
+        for (t, m) in all {
+            retained.insert(t.into(), Arc::new(m));
+        }
+        self.metrics.retained.store(retained.len() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

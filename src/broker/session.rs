@@ -187,6 +187,20 @@ pub struct SessionState {
     pub dirty: bool,
 }
 
+impl SessionState {
+    /// End the live connection, if any (another takes the session over, or it is ended):
+    /// its task gets `why`. Whether there was one.
+    pub fn kick(&mut self, why: Kick) -> bool {
+        match self.conn.take() {
+            Some(c) => {
+                let _ = c.kick.try_send(why);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,

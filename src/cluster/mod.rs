@@ -14,7 +14,12 @@
 //! - The leader expires sessions and, when a node stays unreachable, marks its sessions
 //!   disconnected and publishes their wills.
 
+mod duties;
+pub mod metrics;
+mod replica;
+mod seen;
 pub mod state;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,17 +29,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strait_raft::net::peer::{self, PeerHandler, PeerSender};
 use strait_raft::net::Identity;
-use strait_raft::{Faults, Leadership, ProposeError, RaftConfig, RaftNode, ServerState};
+pub use strait_raft::Leadership;
+use strait_raft::{Faults, ProposeError, RaftConfig, RaftNode, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::broker::control::CommitError;
 use crate::broker::message::{now_ms, Delivery};
 use crate::broker::Broker;
 use crate::config::{node_id, Config, Seed};
 
-pub use state::{ClusterState, Command, NodeInfo, Outcome, Response, Target};
+use duties::{announce, leader_duties, shed_links_without_lease};
+pub use state::{ClusterState, Command, NodeInfo, Outcome, Response, SessionMeta, Target};
+pub use view::LinksListener;
 
 type ProposalFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, ProposeError>> + Send + 'static>>;
@@ -82,6 +91,8 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     /// Set once this node has re-registered after its start (see `announce`).
     ready: std::sync::atomic::AtomicBool,
+    /// This cluster itself (for what outlives a call: a publisher's wait on a queue).
+    this: Weak<Cluster>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -109,6 +120,11 @@ impl PeerHandler for Receiver {
     }
 }
 
+/// `cluster.raft.ssl` as the Raft crate takes it.
+fn raft_tls(t: Option<&crate::config::TlsFiles>) -> Option<strait_raft::TlsFiles> {
+    t.map(|t| strait_raft::TlsFiles { cert: t.cert.clone(), key: t.key.clone(), ca: t.ca.clone() })
+}
+
 /// This node's seed list as Raft ids and addresses, and its own advertised address.
 pub fn seeds(cfg: &Config) -> Result<(BTreeMap<u64, String>, String), ClusterError> {
     let mut map = BTreeMap::new();
@@ -134,6 +150,7 @@ impl Cluster {
         broker: Arc<Broker>,
         mqtt: Vec<String>,
         api: Option<String>,
+        links: LinksListener,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Arc<Cluster>, ClusterError> {
@@ -151,14 +168,15 @@ impl Cluster {
             snapshot_every: t.snapshot_every,
             keep_after_snapshot: 1_000,
             propose_timeout: t.commit_timeout,
-            secret: t.secret.clone(),
-            tls: t.tls.clone(),
+            secret: t.secret.as_ref().map(|s| strait_raft::Secret(s.0.clone())),
+            tls: raft_tls(t.tls.as_ref()),
             ..Default::default()
         };
         let listener = tokio::net::TcpListener::bind(t.bind)
             .await
             .map_err(|source| ClusterError::Bind { addr: t.bind, source })?;
-        let me = Identity::new(&cfg.cluster.name, id, t.secret.as_ref().map(|s| s.0.as_str())).with_tls(t.tls.clone());
+        let me = Identity::new(&cfg.cluster.name, id, t.secret.as_ref().map(|s| s.0.as_str()))
+            .with_tls(raft_tls(t.tls.as_ref()));
         let faults = Arc::new(Faults::default());
         let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
         let (etx, erx) = mpsc::unbounded_channel();
@@ -174,7 +192,7 @@ impl Cluster {
         .await?;
         let (view_tx, view_rx) = watch::channel(0u64);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|this| Cluster {
             id,
             node_name: cfg.node.name.clone(),
             cluster_name: cfg.cluster.name.clone(),
@@ -189,12 +207,14 @@ impl Cluster {
             broker: broker.clone(),
             metrics: ClusterMetrics::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            this: this.clone(),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
         });
-        broker.set_cluster(&cluster);
+        let weak: Weak<dyn crate::broker::Replica> = Arc::downgrade(&cluster) as Weak<dyn crate::broker::Replica>;
+        broker.set_replica(weak);
         let span = tracing::info_span!("cluster", node = %cfg.node.name);
-        tracker.spawn(applier(broker.clone(), erx, view_tx, cancel.clone()).instrument(span.clone()));
+        tracker.spawn(applier(broker.clone(), id, erx, view_tx, links, cancel.clone()).instrument(span.clone()));
         tracker.spawn(ack_batcher(cluster.clone(), ack_rx).instrument(span.clone()));
         let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
         tracker.spawn(announce(cluster.clone(), info).instrument(span.clone()));
@@ -242,7 +262,7 @@ impl Cluster {
 
     /// Commit `cmds` (concurrently; each is its own proposal, batched by Raft) and wait until
     /// this node's view has applied them. Resolves on the returned receiver.
-    pub fn commit(self: &Arc<Self>, cmds: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, String>> {
+    pub fn commit(self: &Arc<Self>, cmds: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, CommitError>> {
         let (tx, rx) = oneshot::channel();
         let me = self.clone();
         // Queued now, in the caller's order: one connection's commits apply in the order of its
@@ -254,7 +274,7 @@ impl Cluster {
         rx
     }
 
-    pub async fn commit_wait(&self, cmds: Vec<Command>) -> Result<Vec<Response>, String> {
+    pub async fn commit_wait(&self, cmds: Vec<Command>) -> Result<Vec<Response>, CommitError> {
         let pending = self.propose_all(cmds);
         self.finish(pending).await
     }
@@ -264,7 +284,7 @@ impl Cluster {
         (Instant::now(), cmds.into_iter().map(|c| Box::pin(self.raft.propose_ordered(c)) as ProposalFuture).collect())
     }
 
-    async fn finish(&self, (start, pending): (Instant, Vec<ProposalFuture>)) -> Result<Vec<Response>, String> {
+    async fn finish(&self, (start, pending): (Instant, Vec<ProposalFuture>)) -> Result<Vec<Response>, CommitError> {
         let results = futures_util::future::join_all(pending).await;
         let mut out = Vec::with_capacity(results.len());
         for r in results {
@@ -272,7 +292,7 @@ impl Cluster {
                 Ok(resp) => out.push(resp),
                 Err(e) => {
                     self.metrics.proposal_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(describe(&e));
+                    return Err(CommitError::Unavailable(describe(&e)));
                 }
             }
         }
@@ -294,13 +314,13 @@ impl Cluster {
         });
     }
 
-    async fn wait_view(&self, view: u64) -> Result<(), String> {
+    async fn wait_view(&self, view: u64) -> Result<(), CommitError> {
         let mut rx = self.view.clone();
         let r = tokio::time::timeout(self.commit_timeout, rx.wait_for(|v| *v >= view)).await;
         match r {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err("node shutting down".into()),
-            Err(_) => Err(format!("local view did not reach {view} within {:?}", self.commit_timeout)),
+            Ok(Err(_)) => Err(CommitError::ShuttingDown),
+            Err(_) => Err(CommitError::Lagging { view, within: self.commit_timeout }),
         }
     }
 
@@ -366,8 +386,10 @@ fn describe(e: &ProposeError) -> String {
 /// Applies committed changes to the broker's view, in order, and publishes how far it got.
 async fn applier(
     broker: Arc<Broker>,
+    me: u64,
     mut rx: mpsc::UnboundedReceiver<(u64, Vec<state::Change>)>,
     view: watch::Sender<u64>,
+    links: LinksListener,
     cancel: CancellationToken,
 ) {
     loop {
@@ -376,7 +398,7 @@ async fn applier(
             m = rx.recv() => m,
         };
         let Some((v, changes)) = next else { break };
-        broker.cluster_apply(changes);
+        view::apply(&broker, me, changes, &links);
         view.send_if_modified(|cur| {
             if v > *cur || v == 0 {
                 *cur = v;
@@ -410,173 +432,5 @@ async fn ack_batcher(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<(Arc
         let cmds: Vec<Command> =
             by_client.into_iter().map(|(c, seqs)| Command::Ack { client_id: c.to_string(), seqs }).collect();
         cluster.commit_detached(cmds);
-    }
-}
-
-/// Registers this node's addresses in the replicated membership, and ends what the registry
-/// still holds of this node's previous run: sessions it owned as connected lost their
-/// connections with that process (they become disconnected, their wills are published). Until
-/// this is committed the node refuses CONNECT (retried until it sticks).
-async fn announce(cluster: Arc<Cluster>, info: NodeInfo) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        if cluster.raft.leadership().borrow().lease {
-            let cmds = vec![Command::Join(info.clone()), Command::NodeDown { node: info.id, at_ms: now_ms() }];
-            match cluster.commit_wait(cmds).await {
-                Ok(rs) => {
-                    for r in rs {
-                        if let Outcome::Orphaned { wills } = r.outcome {
-                            if !wills.is_empty() {
-                                tracing::info!(count = wills.len(), "cluster: wills of connections lost at restart");
-                            }
-                            for (client_id, will) in wills {
-                                cluster.broker.publish_will_cluster(&client_id, will);
-                            }
-                        }
-                    }
-                    cluster.ready.store(true, Ordering::Release);
-                    tracing::info!(node = %info.name, "cluster.joined");
-                    return;
-                }
-                Err(e) => tracing::debug!("cluster: announce failed: {e}"),
-            }
-        }
-        tokio::select! {
-            _ = cluster.cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// A node cut off from its majority applies nothing new, so the link sessions it serves (another
-/// cluster's link clients connected here) would stay connected and receive nothing until the
-/// partition heals. Once it has had no leader lease for longer than an ordinary election takes,
-/// it ends them with 0x88: the remote's link client moves on to a node of the majority (and
-/// this node refuses it until it has a lease again).
-async fn shed_links_without_lease(cluster: Arc<Cluster>) {
-    let cfg = cluster.raft.config();
-    let grace = cfg.election_max + cfg.heartbeat * 2;
-    let mut l = cluster.raft.leadership();
-    loop {
-        tokio::select! {
-            _ = cluster.cancel.cancelled() => return,
-            r = l.wait_for(|x| !x.lease) => if r.is_err() { return },
-        }
-        let back = tokio::select! {
-            _ = cluster.cancel.cancelled() => return,
-            r = tokio::time::timeout(grace, l.wait_for(|x| x.lease)) => r.map(|r| r.map(|_| ())),
-        };
-        match back {
-            Ok(Ok(_)) => continue,
-            Ok(Err(_)) => return,
-            Err(_) => {}
-        }
-        for s in cluster.broker.sessions() {
-            if s.link.load(Ordering::Relaxed)
-                && s.owner.load(Ordering::Acquire) == cluster.id
-                && cluster.broker.kick(&s.client_id, crate::broker::session::Kick::Unavailable)
-            {
-                tracing::warn!(client_id = %s.client_id, ?grace, "link session ended: this node has had no leader lease (cut off from its cluster)");
-            }
-        }
-        // Re-armed once the lease is back (connections are refused until then).
-        tokio::select! {
-            _ = cluster.cancel.cancelled() => return,
-            r = l.wait_for(|x| x.lease) => if r.is_err() { return },
-        }
-    }
-}
-
-/// What only the leader does, once a second: expire sessions; mark the sessions of a node that
-/// stayed unreachable as disconnected and publish their wills.
-async fn leader_duties(cluster: Arc<Cluster>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_seen: HashMap<u64, Instant> = HashMap::new();
-    let mut marked: BTreeSet<u64> = BTreeSet::new();
-    let mut leadership = cluster.raft.leadership();
-    let mut was_leader: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = cluster.cancel.cancelled() => break,
-            _ = tick.tick() => {}
-            r = leadership.changed() => {
-                if r.is_err() { break }
-                let l = leadership.borrow().leader;
-                if l != was_leader {
-                    cluster.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
-                    was_leader = l;
-                }
-                continue;
-            }
-        }
-        let l = cluster.leadership();
-        if !(l.state == ServerState::Leader && l.lease) {
-            last_seen.clear();
-            marked.clear();
-            continue;
-        }
-        let now = now_ms();
-        // Session expiry.
-        let expired: Vec<(String, u64)> = cluster
-            .read(|s| {
-                s.sessions
-                    .iter()
-                    .filter(|(_, e)| !e.connected && e.expiry_interval != u32::MAX)
-                    .filter(|(_, e)| {
-                        e.disconnected_at_ms.is_some_and(|at| at + u64::from(e.expiry_interval) * 1000 <= now)
-                    })
-                    .map(|(k, e)| (k.clone(), e.epoch))
-                    .collect()
-            })
-            .await;
-        if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "cluster: expiring sessions");
-            let cmds = expired.into_iter().map(|(client_id, epoch)| Command::Expire { client_id, epoch }).collect();
-            cluster.commit_detached(cmds);
-        }
-        // Unreachable nodes.
-        let instant_now = Instant::now();
-        let mut down = Vec::new();
-        if let Some(hb) = cluster.raft.heartbeat_ages() {
-            for (node, age) in hb.iter() {
-                if *node == cluster.id {
-                    continue;
-                }
-                let fresh = age.is_some_and(|a| a < Duration::from_millis(500));
-                if fresh {
-                    last_seen.insert(*node, instant_now);
-                    marked.remove(node);
-                } else {
-                    let seen = *last_seen.entry(*node).or_insert(instant_now);
-                    if instant_now.duration_since(seen) >= cluster.node_down_after && !marked.contains(node) {
-                        down.push(*node);
-                    }
-                }
-            }
-        }
-        for node in down {
-            let has_sessions = cluster.read(|s| s.sessions.values().any(|e| e.owner == node && e.connected)).await;
-            marked.insert(node);
-            if !has_sessions {
-                continue;
-            }
-            tracing::warn!(node, "cluster: node unreachable; its sessions are disconnected and their wills published");
-            match cluster.commit_wait(vec![Command::NodeDown { node, at_ms: now }]).await {
-                Ok(rs) => {
-                    for r in rs {
-                        if let Outcome::Orphaned { wills } = r.outcome {
-                            for (client_id, will) in wills {
-                                cluster.broker.publish_will_cluster(&client_id, will);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    marked.remove(&node);
-                    tracing::warn!(node, "cluster: NodeDown not committed: {e}");
-                }
-            }
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! The replicated state of one regional cluster (DESIGN.md §3) and its one command type.
+//! The replicated state of one regional cluster and its one command type.
 //!
 //! `apply` is pure and deterministic: time comes inside the commands, nothing is read from the
 //! clock, nothing random. What an applied command changed is also sent, in order, to the node's
@@ -13,19 +13,17 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use crate::broker::control::Target;
 use crate::broker::message::{Delivery, Message};
 use crate::broker::session::Subscription;
 pub use crate::broker::session::{queued_size, QueueBound};
-use crate::mqtt::packet::{Protocol, QoS, Will};
+pub use crate::broker::view::SessionMeta;
+use crate::mqtt::packet::{Protocol, Will};
 
 /// Format of `Command`s and snapshots (behind strait-raft's own version byte).
 pub const STATE_FORMAT: u8 = 3;
 
-/// Seqs of a link's messages remembered for deduplication beyond the floor.
-/// Twice the largest link window (`links[].max_inflight` <= 4096): a redelivery after a
-/// reconnect comes in packet id order, which may put up to a window of newer numbers ahead of
-/// older unseen ones; the window keeps the older ones above the floor.
-const DEDUPE_WINDOW: usize = 8192;
+pub use super::seen::Seen;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -69,16 +67,6 @@ impl SessionEntry {
     fn recount(&mut self) {
         self.queue_bytes = self.queue.values().map(queued_size).sum();
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Target {
-    pub client_id: String,
-    pub qos: QoS,
-    pub retain: bool,
-    pub sub_ids: Vec<u32>,
-    /// For `Enqueue`: this target's own bound (a link's outbox), instead of the command's.
-    pub bound: Option<QueueBound>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,17 +251,6 @@ pub enum Change {
     },
 }
 
-/// A session entry without its queue and subscriptions (they travel separately).
-#[derive(Debug, Clone)]
-pub struct SessionMeta {
-    pub owner: u64,
-    pub epoch: u64,
-    pub connected: bool,
-    pub protocol: Protocol,
-    pub expiry_interval: u32,
-    pub link: Option<String>,
-}
-
 impl From<&SessionEntry> for SessionMeta {
     fn from(e: &SessionEntry) -> Self {
         SessionMeta {
@@ -299,33 +276,6 @@ pub struct Snapshot {
     pub links: BTreeMap<String, Option<String>>,
     /// Per link: the remote sequence numbers already applied.
     pub link_seen: BTreeMap<String, Seen>,
-}
-
-/// Sequence numbers seen on one link: all below `floor`, and those in `recent`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Seen {
-    pub floor: u64,
-    pub recent: std::collections::BTreeSet<u64>,
-}
-
-impl Seen {
-    pub fn contains(&self, seq: u64) -> bool {
-        seq < self.floor || self.recent.contains(&seq)
-    }
-
-    /// Record `seq`; false if it was seen already.
-    pub fn insert(&mut self, seq: u64) -> bool {
-        if self.contains(seq) {
-            return false;
-        }
-        self.recent.insert(seq);
-        while self.recent.len() > DEDUPE_WINDOW {
-            if let Some(low) = self.recent.pop_first() {
-                self.floor = self.floor.max(low + 1);
-            }
-        }
-        true
-    }
 }
 
 /// The state machine: the replicated snapshot plus the (not replicated) event sink.
@@ -645,207 +595,5 @@ impl strait_raft::StateMachine for ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mqtt::packet::{Properties, Protocol};
-    use strait_raft::StateMachine;
-
-    fn msg(topic: &str) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(b"x"),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            properties: Properties::default(),
-            publisher: "$link:eu".into(),
-            expires_at_ms: None,
-        }
-    }
-
-    #[test]
-    fn seen_remembers_a_window_and_everything_below_it() {
-        let mut s = Seen::default();
-        assert!(!s.contains(0), "nothing is seen at first, not even 0");
-        assert!(s.insert(0));
-        assert!(!s.insert(0));
-        assert!(s.insert(5) && s.insert(3), "out of order within the window");
-        assert!(s.contains(3) && !s.contains(4));
-        for q in 10..(10 + DEDUPE_WINDOW as u64 + 5) {
-            assert!(s.insert(q));
-        }
-        assert_eq!(s.recent.len(), DEDUPE_WINDOW);
-        assert!(s.contains(4), "below the floor counts as seen");
-        assert!(!s.insert(12));
-    }
-
-    #[test]
-    fn newer_numbers_ahead_of_older_unseen_ones_do_not_hide_them() {
-        // A reconnect resends in packet id order: after the id wraps, up to a window (4096) of
-        // newer numbers can come before older ones not seen yet.
-        let mut s = Seen::default();
-        for q in 0..20_000u64 {
-            assert!(s.insert(q));
-        }
-        for q in 24_000..28_096u64 {
-            assert!(s.insert(q), "{q}");
-        }
-        for q in 20_000..24_000u64 {
-            assert!(!s.contains(q), "{q} was never seen");
-            assert!(s.insert(q));
-        }
-    }
-
-    fn target(id: &str) -> Target {
-        Target { client_id: id.into(), qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], bound: None }
-    }
-
-    fn persistent(st: &mut ClusterState, id: &str, node: u64) {
-        st.apply_one(Command::Connect {
-            client_id: id.into(),
-            node,
-            protocol: Protocol::V5,
-            clean_start: true,
-            expiry_interval: 600,
-            will: None,
-            link: None,
-        });
-    }
-
-    fn queued(st: &ClusterState, id: &str) -> Vec<u64> {
-        st.s.sessions[id].queue.keys().copied().collect()
-    }
-
-    #[test]
-    fn a_full_offline_queue_drops_by_its_policy_and_never_congests() {
-        let mut st = ClusterState::default();
-        persistent(&mut st, "old", 1);
-        persistent(&mut st, "new", 1);
-        for id in ["old", "new"] {
-            st.apply_one(Command::Disconnect { client_id: id.into(), epoch: 1, at_ms: 0, expiry_interval: 600 });
-        }
-        let send = |st: &mut ClusterState, drop_oldest: bool| {
-            let b = QueueBound { max_len: 3, max_bytes: 0, drop_oldest };
-            let (o, _) = st.apply_one(Command::Enqueue {
-                msg: msg("t"),
-                targets: vec![Target { bound: Some(b), ..target(if drop_oldest { "old" } else { "new" }) }],
-                bound: QueueBound { max_len: 1000, max_bytes: 0, drop_oldest: true },
-            });
-            assert!(matches!(o, Outcome::Enqueued { congested: None }), "an offline session never congests: {o:?}");
-        };
-        for _ in 0..5 {
-            send(&mut st, true);
-            send(&mut st, false);
-        }
-        // Seqs 0..10 alternate between the two sessions: "old" got 0,2,4,6,8; "new" 1,3,5,7,9.
-        assert_eq!(queued(&st, "old"), vec![4, 6, 8], "drop-oldest keeps the newest three");
-        assert_eq!(queued(&st, "new"), vec![1, 3, 5], "drop-newest keeps the first three");
-        assert_eq!(st.s.sessions["old"].dropped, 2);
-        assert_eq!(st.s.sessions["new"].dropped, 2);
-    }
-
-    #[test]
-    fn a_byte_bound_evicts_and_is_recounted_after_acks_and_restore() {
-        let mut st = ClusterState::default();
-        persistent(&mut st, "s", 1);
-        let one = queued_size(&Delivery {
-            msg: Arc::new(msg("t")),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: vec![],
-            seq: None,
-        });
-        let b = QueueBound { max_len: 1000, max_bytes: one * 2, drop_oldest: true };
-        for _ in 0..4 {
-            st.apply_one(Command::Enqueue { msg: msg("t"), targets: vec![target("s")], bound: b });
-        }
-        assert_eq!(queued(&st, "s"), vec![2, 3]);
-        assert_eq!(st.s.sessions["s"].queue_bytes, one * 2);
-        st.apply_one(Command::Ack { client_id: "s".into(), seqs: vec![2] });
-        assert_eq!(st.s.sessions["s"].queue_bytes, one);
-        let mut copy = ClusterState::default();
-        copy.restore(&st.snapshot()).expect("restore");
-        assert_eq!(copy.s.sessions["s"].queue_bytes, one, "derived byte count rebuilt on restore");
-        assert_eq!(copy.s.sessions["s"].dropped, 2);
-    }
-
-    #[test]
-    fn a_connected_session_past_half_its_bound_congests_the_publisher() {
-        let mut st = ClusterState::default();
-        persistent(&mut st, "s", 1);
-        let b = QueueBound { max_len: 8, max_bytes: 0, drop_oldest: true };
-        let mut last = None;
-        for _ in 0..5 {
-            let (o, _) = st.apply_one(Command::Enqueue { msg: msg("t"), targets: vec![target("s")], bound: b });
-            last = Some(o);
-        }
-        match last {
-            Some(Outcome::Enqueued { congested: Some((id, low)) }) => assert_eq!((id.as_str(), low), ("s", 2)),
-            other => panic!("expected congestion, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn from_link_applies_once_per_sequence_number_and_reset_starts_over() {
-        let mut st = ClusterState::default();
-        let connect = Command::Connect {
-            client_id: "sub".into(),
-            node: 1,
-            protocol: Protocol::V5,
-            clean_start: true,
-            expiry_interval: 60,
-            will: None,
-            link: None,
-        };
-        st.apply_one(connect);
-        let enqueue = || Command::Enqueue {
-            msg: msg("linked/1"),
-            targets: vec![target("sub")],
-            bound: QueueBound { max_len: 100, max_bytes: 0, drop_oldest: true },
-        };
-        let from = |seq| Command::FromLink { link: "eu".into(), seq, cmds: vec![enqueue()] };
-        assert!(matches!(st.apply_one(from(7)).0, Outcome::Enqueued { .. }));
-        assert!(matches!(st.apply_one(from(7)).0, Outcome::Duplicate), "a redelivery is not applied again");
-        assert_eq!(st.s.sessions["sub"].queue.len(), 1);
-        st.apply_one(Command::LinkReset { link: "eu".into() });
-        assert!(matches!(st.apply_one(from(7)).0, Outcome::Enqueued { .. }), "a new remote session starts over");
-        assert_eq!(st.s.sessions["sub"].queue.len(), 2);
-    }
-
-    #[test]
-    fn deleting_a_link_ends_the_session_of_its_link_client() {
-        let mut st = ClusterState::default();
-        for (id, link) in [("clink-eu", Some("eu".to_string())), ("plain", None)] {
-            st.apply_one(Command::Connect {
-                client_id: id.into(),
-                node: 1,
-                protocol: Protocol::V5,
-                clean_start: false,
-                expiry_interval: 600,
-                will: None,
-                link,
-            });
-        }
-        let (_, changes) = st.apply_one(Command::LinkSet {
-            name: "eu".into(),
-            spec: None,
-            drop_sessions: true,
-            expect: Some(true),
-            in_file: true,
-        });
-        assert!(!st.s.sessions.contains_key("clink-eu") && st.s.sessions.contains_key("plain"));
-        assert_eq!(st.s.links.get("eu"), Some(&None), "a deletion is kept (it overrides the config file)");
-        assert!(changes.iter().any(|c| matches!(c, Change::Links(_))));
-        let again =
-            Command::LinkSet { name: "eu".into(), spec: None, drop_sessions: true, expect: Some(true), in_file: true };
-        assert!(matches!(st.apply_one(again).0, Outcome::Stale), "deleted already");
-        let create = Command::LinkSet {
-            name: "eu".into(),
-            spec: Some("{}".into()),
-            drop_sessions: false,
-            expect: Some(false),
-            in_file: true,
-        };
-        assert!(matches!(st.apply_one(create.clone()).0, Outcome::Done));
-        assert!(matches!(st.apply_one(create).0, Outcome::Stale), "a second create of one name");
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,6 +1,5 @@
 //! MQTT protocol: packet types, the strict server codec, topic rules.
 
 pub mod codec;
-pub mod connection;
 pub mod packet;
 pub mod topic;

@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::broker::message::Message;
-use crate::broker::session::SessionRecord;
+use super::message::Message;
+use super::session::SessionRecord;
 
 /// 2: deliveries carry the cluster queue sequence number. Retained messages did not change
 /// (version 1 still decodes); version-1 session records are skipped with a warning.
@@ -30,6 +30,7 @@ pub enum StorageError {
     Version(u8),
 }
 
+#[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
     sessions: sled::Tree,

@@ -1,0 +1,263 @@
+//! The node's own tasks: the leadership watch and the proposal batcher, and how a batch is
+//! submitted (on the leader, or forwarded to it).
+
+use super::*;
+
+/// Keeps `tx` up to date, waking only when openraft's metrics say something that matters
+/// changed (role, leader, term, quorum acknowledgement) or when a lease is due to run out.
+///
+/// On a follower, "heard from the leader" lives in openraft's core (`vote_last_modified`), and
+/// asking for it makes the core publish its metrics again. Asking on every metrics change was a
+/// feedback loop that kept idle followers at 100 % CPU; so a follower asks only when its role,
+/// leader or term changed, and when the lease it last saw is about to run out.
+pub(super) async fn watch_leadership<S: StateMachine>(
+    raft: RaftHandle<S>,
+    cfg: RaftConfig,
+    tx: watch::Sender<Leadership>,
+    cancel: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let lease = cfg.lease();
+    // While a follower knows a leader but has no lease, nothing it watches tells it when the
+    // leader's heartbeats come back: it asks again at this pace (only in that state).
+    let retry = (cfg.heartbeat / 2).max(Duration::from_millis(5));
+    let mut last_key = None;
+    // When the follower's lease (as last read) runs out, or when it should ask again.
+    let mut recheck: Option<Instant> = None;
+    loop {
+        let (state, leader, term, acked, sole_voter) = {
+            let m = metrics.borrow_watched();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            (m.state, m.current_leader, m.current_term, m.last_quorum_acked, voters == [cfg.id])
+        };
+        let key = (state, leader, term);
+        let due = recheck.is_some_and(|t| Instant::now() >= t);
+        let lease_ok = match state {
+            ServerState::Leader => {
+                recheck = None;
+                let ok = sole_voter || acked.map(|t| t.elapsed() < lease).unwrap_or(false);
+                if ok && !sole_voter {
+                    // Re-evaluated when the quorum acknowledgement would be too old.
+                    let left = acked.map(|t| lease.saturating_sub(t.elapsed())).unwrap_or_default();
+                    recheck = Some(Instant::now() + left + Duration::from_millis(1));
+                }
+                ok
+            }
+            _ if leader.is_some() => {
+                if last_key != Some(key) || due || recheck.is_none() {
+                    // Heard from an elected leader (a committed vote) within the lease.
+                    let heard =
+                        raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await;
+                    match heard {
+                        Ok((true, Some(t))) if t.elapsed() < lease => {
+                            recheck = Some(Instant::now() + (lease - t.elapsed()) + Duration::from_millis(1));
+                            true
+                        }
+                        _ => {
+                            recheck = Some(Instant::now() + retry);
+                            false
+                        }
+                    }
+                } else {
+                    tx.borrow().lease
+                }
+            }
+            _ => {
+                recheck = None;
+                false
+            }
+        };
+        last_key = Some(key);
+        let next = Leadership { leader, term, state, lease: lease_ok };
+        tx.send_if_modified(|cur| {
+            if *cur != next {
+                if cur.lease != next.lease || cur.leader != next.leader {
+                    tracing::info!(leader = ?next.leader, term, state = ?next.state, lease = next.lease, "leadership");
+                }
+                *cur = next;
+                true
+            } else {
+                false
+            }
+        });
+        let sleep = async {
+            match recheck {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+            _ = sleep => {}
+        }
+    }
+}
+
+/// Collects proposals into entries. At most `max_in_flight` entries are submitted at a time;
+/// proposals arriving meanwhile wait and form the next batch.
+pub(super) async fn batcher<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Pending<S>>) {
+    let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let first = tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let mut batch = vec![first];
+        while batch.len() < inner.cfg.max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let inner2 = inner.clone();
+        inner.tracker.spawn(async move {
+            let _permit = permit;
+            inner2.submit(batch).await;
+        });
+    }
+    // Shutting down: everything still queued is answered.
+    rx.close();
+    while let Ok(p) = rx.try_recv() {
+        let _ = p.tx.send(Err(ProposeError::Shutdown));
+    }
+}
+
+impl<S: StateMachine> Inner<S> {
+    pub(super) async fn submit(&self, batch: Vec<Pending<S>>) {
+        let (props, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.prop, p.tx)).unzip();
+        let result = match encode(&props) {
+            Err(e) => Err(ProposeError::Encode(e.to_string())),
+            Ok(bytes) => self.call(Call::Write(Bytes::from(bytes))).await.and_then(|resp| {
+                decode::<Vec<Applied<S::Response>>>(&resp.data.0).map_err(|e| ProposeError::Fatal(e.to_string()))
+            }),
+        };
+        match result {
+            Ok(responses) => {
+                let mut responses = responses.into_iter();
+                for tx in waiters {
+                    let r = match responses.next() {
+                        Some(Applied::Done(r)) => Ok(r),
+                        Some(Applied::Expired) => Err(ProposeError::Expired),
+                        None => Err(ProposeError::Fatal("fewer responses than proposals".into())),
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                for tx in waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Run `call` on the leader, wherever it is, retrying through leader changes until
+    /// `propose_timeout`. A retried write carries the same request ids, so it applies once.
+    pub(super) async fn call(&self, call: Call) -> Result<ClientWriteResponse<C>, ProposeError> {
+        let deadline = Instant::now() + self.cfg.propose_timeout;
+        let mut leadership = self.leadership.clone();
+        let mut hint: Option<u64> = None;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(ProposeError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ProposeError::Unavailable(self.cfg.propose_timeout));
+            }
+            let remaining = deadline - now;
+            let leader = hint.take().or_else(|| leadership.borrow().leader);
+            let outcome: Option<WriteResult> = match leader {
+                None => None,
+                Some(l) if l == self.cfg.id => {
+                    let fut = async {
+                        match &call {
+                            Call::Write(b) => self.raft.client_write(Request(b.to_vec())).await,
+                            Call::Admin(AdminRequest::AddLearner { id, addr }) => {
+                                self.raft.add_learner(*id, BasicNode::new(addr.clone()), true).await
+                            }
+                            Call::Admin(AdminRequest::ChangeMembership { voters, retain }) => {
+                                self.raft.change_membership(voters.clone(), *retain).await
+                            }
+                        }
+                    };
+                    tokio::time::timeout(remaining, fut).await.ok()
+                }
+                Some(l) => self.forward(l, &call, remaining.min(Duration::from_secs(2))).await,
+            };
+            match outcome {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(RaftError::APIError(e))) => match e {
+                    ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f) => {
+                        hint = f.leader_id.filter(|l| Some(*l) != leader);
+                    }
+                    ClientWriteError::ChangeMembershipError(e) => return Err(ProposeError::Membership(e.to_string())),
+                    ClientWriteError::PreconditionFailed(e) => return Err(ProposeError::Membership(e.to_string())),
+                },
+                Some(Err(RaftError::Fatal(f))) if leader == Some(self.cfg.id) => {
+                    return Err(ProposeError::Fatal(f.to_string()));
+                }
+                // A remote leader that is shutting down: look for the next one.
+                Some(Err(RaftError::Fatal(_))) => {}
+                None => {}
+            }
+            if hint.is_none() {
+                // Wait for news of a leader, at most a short backoff.
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let _ = tokio::time::timeout(wait, leadership.changed()).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Forward to leader `l`; None when it could not be asked or did not answer.
+    pub(super) async fn forward(&self, l: u64, call: &Call, ttl: Duration) -> Option<WriteResult> {
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+        }?;
+        let mut client = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get(&l) {
+                Some((a, c)) if *a == addr => c.clone(),
+                _ => {
+                    let c = net::client(net::channel(&self.me, &addr, self.cfg.election_min).ok()?);
+                    peers.insert(l, (addr, c.clone()));
+                    c
+                }
+            }
+        };
+        let body = match call {
+            Call::Write(b) => b.clone(),
+            Call::Admin(a) => Bytes::from(encode_raft(a).ok()?),
+        };
+        let req = net::request(&self.me, l, body);
+        let fut = async {
+            match call {
+                Call::Write(_) => client.forward(req).await,
+                Call::Admin(_) => client.admin(req).await,
+            }
+        };
+        match tokio::time::timeout(ttl, fut).await {
+            Ok(Ok(resp)) => match decode_raft::<WriteResult>(resp.get_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(leader = l, "undecodable forward reply: {e}");
+                    None
+                }
+            },
+            Ok(Err(status)) => {
+                tracing::debug!(leader = l, "forward failed: {status}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Acknowledgements in packet order, some waiting for a cluster commit.
+
+use super::*;
+
+/// An acknowledgement in the order MQTT requires (the order of the packets it answers).
+pub(super) enum Pending {
+    Ready(Box<Packet>),
+    /// Waiting for a cluster commit; then `then` is sent.
+    Wait(Commit, After),
+}
+
+pub(super) enum After {
+    /// PUBACK / PUBREC for an inbound PUBLISH (QoS 2: awaiting PUBREL from then on).
+    Publish {
+        pkid: u16,
+        qos: QoS,
+        code: u8,
+    },
+    /// SUBACK; `committed` are the positions whose subscriptions were proposed, `retained`
+    /// what to send after it (filter, granted QoS, subscription id, only if new).
+    SubAck {
+        packet_id: u16,
+        codes: Vec<u8>,
+        committed: Vec<usize>,
+        retained: Vec<(String, QoS, Option<u32>)>,
+    },
+    UnsubAck {
+        packet_id: u16,
+        codes: Vec<u8>,
+        committed: Vec<usize>,
+    },
+    /// PUBREL for an outbound QoS 2 delivery, once its durable copy's removal is committed.
+    PubRel {
+        pkid: u16,
+    },
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
+    /// Send an acknowledgement: now, or behind those still waiting for a commit.
+    pub(super) fn send(&mut self, live: &mut Live, p: Packet) {
+        if live.pending.is_empty() {
+            codec::encode(&p, live.protocol, &mut self.outbuf);
+        } else {
+            live.pending.push_back(Pending::Ready(Box::new(p)));
+        }
+    }
+
+    /// A durable (cluster-queued) delivery was completed by the client: commit its ack.
+    pub(super) fn durable_done(&self, live: &Live, seq: Option<u64>) {
+        if let (Some(seq), Some(c)) = (seq, self.broker.replica()) {
+            c.ack(&live.client_id, seq);
+        }
+    }
+
+    /// The commit at the front of the pending queue finished: send its acknowledgement and
+    /// everything ready behind it.
+    pub(super) fn resolve_front(&mut self, live: &mut Live, r: Result<Vec<Outcome>, CommitError>) -> Option<Close> {
+        let Some(Pending::Wait(_, after)) = live.pending.pop_front() else { return None };
+        let failed = r.as_ref().err().cloned();
+        match after {
+            After::Publish { pkid, qos, code } => {
+                if let Some(e) = failed {
+                    // Not acknowledged: the client must resend it (to a node that can commit).
+                    tracing::info!(peer = %self.peer, error = %e, "publish not committed");
+                    return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
+                }
+                // A connected persistent subscriber's replicated queue past half its bound:
+                // this publisher waits before reading on (flow control for a slow reader; an
+                // offline session never congests, its queue bound drops instead).
+                for o in r.into_iter().flatten() {
+                    if let Outcome::Enqueued { congested: Some((cid, slow)) } = o {
+                        if live.throttle.is_none() && *cid != *live.client_id {
+                            live.throttle = Some(slow);
+                        }
+                    }
+                }
+                match qos {
+                    QoS::AtLeastOnce => {
+                        codec::encode(&Packet::PubAck(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf)
+                    }
+                    _ => {
+                        {
+                            let mut st = live.session.lock();
+                            st.awaiting_rel.insert(pkid);
+                            st.dirty = true;
+                        }
+                        codec::encode(&Packet::PubRec(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf);
+                    }
+                }
+            }
+            After::SubAck { packet_id, mut codes, committed, retained } => {
+                if failed.is_some() {
+                    for i in committed {
+                        codes[i] = reason::UNSPECIFIED_ERROR;
+                    }
+                }
+                let ack = SubAck { packet_id, codes, properties: Properties::default() };
+                codec::encode(&Packet::SubAck(ack), live.protocol, &mut self.outbuf);
+                if failed.is_none() {
+                    for (inner, granted, sub_id) in retained {
+                        for m in self.broker.retained_matching(&inner) {
+                            let qos = m.qos.min(granted);
+                            let d = Delivery {
+                                msg: m,
+                                qos,
+                                retain: true,
+                                sub_ids: sub_id.into_iter().collect(),
+                                seq: None,
+                            };
+                            self.broker.offer(&live.session, d);
+                        }
+                    }
+                }
+            }
+            After::PubRel { pkid } => {
+                if let Some(e) = failed {
+                    // Not released: the client keeps the packet id, and whichever node serves
+                    // the session next sends the message again under it.
+                    tracing::info!(peer = %self.peer, error = %e, "QoS 2 completion not committed");
+                    return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
+                }
+                codec::encode(&Packet::PubRel(PubResp::new(pkid, reason::SUCCESS)), live.protocol, &mut self.outbuf);
+            }
+            After::UnsubAck { packet_id, mut codes, committed } => {
+                if failed.is_some() {
+                    for i in committed {
+                        codes[i] = reason::UNSPECIFIED_ERROR;
+                    }
+                }
+                let ack = UnsubAck { packet_id, codes, properties: Properties::default() };
+                codec::encode(&Packet::UnsubAck(ack), live.protocol, &mut self.outbuf);
+            }
+        }
+        while let Some(Pending::Ready(_)) = live.pending.front() {
+            if let Some(Pending::Ready(p)) = live.pending.pop_front() {
+                codec::encode(&p, live.protocol, &mut self.outbuf);
+            }
+        }
+        None
+    }
+}
+
+/// The result of the commit at the front of the queue (never resolves if there is none).
+pub(super) async fn front_commit(pending: &mut VecDeque<Pending>) -> Result<Vec<Outcome>, CommitError> {
+    match pending.front_mut() {
+        Some(Pending::Wait(commit, _)) => commit.await,
+        _ => std::future::pending().await,
+    }
+}
