@@ -125,7 +125,7 @@ fn source_files_stay_small() {
         .filter(|f| !f.to_string_lossy().contains("tests"))
         .filter_map(|f| {
             let n = std::fs::read_to_string(f).ok()?.lines().count();
-            (n > 600).then(|| format!("{}: {n} lines", f.strip_prefix(&root).unwrap_or(f).display()))
+            (n > 600).then(|| format!("{}: {n} lines", f.strip_prefix(root).unwrap_or(f).display()))
         })
         .collect();
     assert!(big.is_empty(), "source files over 600 lines (split them):\n{}", big.join("\n"));

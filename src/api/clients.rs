@@ -35,7 +35,7 @@ pub(super) async fn client(State(s): State<ApiState>, Path(id): Path<String>) ->
     let bound = s.broker.bound_of(&x);
     v["mqueue_max"] = json!(bound.max_len);
     v["mqueue_max_bytes"] = json!(bound.max_bytes);
-    if let Some(c) = s.cluster.clone() {
+    if let Some(c) = s.cluster() {
         // The replicated queue, whichever node serves the session (this may be a stub).
         let q = c.read(|st| st.sessions.get(&id).map(|e| (e.queue.len(), e.queue_bytes, e.dropped))).await;
         if let Some((len, bytes, dropped)) = q {
@@ -53,7 +53,7 @@ pub(super) fn not_found(id: &str) -> Response {
 }
 
 pub(super) async fn kick(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    if let Some(c) = s.cluster.clone() {
+    if let Some(c) = s.cluster() {
         // In a cluster: a client connected here is kicked; an offline session is removed
         // through Raft (from every node); one connected elsewhere is kicked by its node.
         if s.broker.kick(&id, Kick::Admin) {

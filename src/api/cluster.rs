@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) async fn cluster(State(s): State<ApiState>) -> Response {
-    let Some(c) = s.cluster.clone() else { return no_cluster() };
+    let Some(c) = s.cluster() else { return no_cluster() };
     let l = c.leadership();
     let m = c.raft.metrics();
     let members = c.raft.members();
@@ -68,7 +68,7 @@ pub(super) async fn add_node(
     State(s): State<ApiState>,
     body: Result<Json<AddNode>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(c) = s.cluster.clone() else { return no_cluster() };
+    let Some(c) = s.cluster() else { return no_cluster() };
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return bad_request(format!("expected {{\"name\": \"node4@host:raft_port\"}}: {e}")),
@@ -92,7 +92,7 @@ pub(super) async fn add_node(
 }
 
 pub(super) async fn remove_node(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
-    let Some(c) = s.cluster.clone() else { return no_cluster() };
+    let Some(c) = s.cluster() else { return no_cluster() };
     let name = crate::config::Seed::parse(&name).map(|s| s.name).unwrap_or(name);
     let id = crate::config::node_id(&name);
     if !c.raft.members().contains_key(&id) {
@@ -132,7 +132,7 @@ pub(super) async fn metrics(State(s): State<ApiState>) -> Response {
     s.broker.metrics.subscriptions.store(subs as i64, std::sync::atomic::Ordering::Relaxed);
     s.broker.metrics.sessions.store(s.broker.sessions().len() as i64, std::sync::atomic::Ordering::Relaxed);
     let mut body = s.broker.metrics.render(queued, inflight);
-    if let Some(c) = s.cluster.clone() {
+    if let Some(c) = s.cluster() {
         crate::cluster::metrics::render(&mut body, &c);
     }
     let statuses = s.links.statuses();

@@ -26,7 +26,7 @@ impl LinksQuery {
 /// The links as this node sees them (`node` names it). Only the Raft leader holds the link
 /// connections; the others show `standby`.
 pub(super) fn local_links(s: &ApiState, max_routes: usize) -> Vec<serde_json::Value> {
-    let node = s.cluster.clone().map(|c| c.node_name.clone()).unwrap_or_else(|| s.node.to_string());
+    let node = s.cluster().map(|c| c.node_name.clone()).unwrap_or_else(|| s.node.to_string());
     s.links
         .statuses()
         .iter()
@@ -41,7 +41,7 @@ pub(super) fn local_links(s: &ApiState, max_routes: usize) -> Vec<serde_json::Va
 /// The links as the Raft leader sees them (it holds the connections): asked over its HTTP API
 /// when this node is not the leader; this node's own view when the leader cannot be asked.
 pub(super) async fn leader_links(s: &ApiState, max_routes: usize) -> Vec<serde_json::Value> {
-    let Some(c) = s.cluster.clone() else { return local_links(s, max_routes) };
+    let Some(c) = s.cluster() else { return local_links(s, max_routes) };
     let l = c.leadership();
     let Some(leader) = l.leader.filter(|id| *id != c.id) else { return local_links(s, max_routes) };
     let api = c.read(move |st| st.nodes.get(&leader).and_then(|n| n.api.clone())).await;
@@ -124,7 +124,7 @@ pub(super) async fn link_metrics(State(s): State<ApiState>, Path(name): Path<Str
 /// The other direction: what this cluster holds for the remote's link client (its session
 /// here): messages queued for it, filters it subscribed, whether it is connected.
 pub(super) async fn outbox(s: &ApiState, name: &str) -> serde_json::Value {
-    if let Some(c) = s.cluster.clone() {
+    if let Some(c) = s.cluster() {
         let name = name.to_string();
         return c
             .read(move |st| {
@@ -170,7 +170,7 @@ pub(super) async fn commit_link(
     drop_sessions: bool,
     expect: bool,
 ) -> Result<bool, String> {
-    match s.cluster.clone() {
+    match s.cluster() {
         Some(c) => {
             let cmd = crate::cluster::Command::LinkSet {
                 name: name.to_string(),

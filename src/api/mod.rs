@@ -30,7 +30,9 @@ use links::*;
 #[derive(Clone)]
 pub struct ApiState {
     broker: Arc<Broker>,
-    cluster: Option<Arc<Cluster>>,
+    /// Weak: a request still running after the node's shutdown does not keep the cluster's
+    /// store open.
+    cluster: Option<std::sync::Weak<Cluster>>,
     links: Arc<Registry>,
     node: Arc<str>,
     started: Instant,
@@ -48,7 +50,14 @@ impl ApiState {
             Arc::from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{k}:{}", sec.0))))
         });
         let node = cfg.node.name.as_str().into();
+        let cluster = cluster.as_ref().map(Arc::downgrade);
         ApiState { broker, cluster, links, node, started: Instant::now(), keys: Arc::new(keys), own }
+    }
+}
+
+impl ApiState {
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.as_ref().and_then(std::sync::Weak::upgrade)
     }
 }
 
@@ -149,7 +158,7 @@ async fn status(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Js
 /// Ready to serve: a single node always; a cluster node while it sees a leader with a lease
 /// (a partitioned minority answers 503, so a load balancer sends nobody there).
 async fn ready(State(s): State<ApiState>) -> Response {
-    let ok = s.cluster.as_ref().is_none_or(|c| c.available());
+    let ok = s.cluster().is_none_or(|c| c.available());
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"ready": ok}))).into_response()
 }

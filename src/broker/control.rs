@@ -98,7 +98,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     /// No leader could take the proposal (or it was lost in a leader change).
-    #[error("cluster unavailable: {0}")]
+    #[error("{0}")]
     Unavailable(String),
     /// Committed, but this node's view did not apply it in time.
     #[error("local view did not reach {view} within {within:?}")]
@@ -158,19 +158,30 @@ pub struct LinkHello<'a> {
 pub enum Admission {
     /// Not a link client: authenticate it like any client.
     Client,
-    /// Cluster `remote`'s link client; `authenticated` when the link's own username and
-    /// password were checked (else it is authenticated like any client).
-    Link { remote: String, authenticated: bool },
+    /// Cluster `remote`'s link client (its credentials are checked by `authenticate`).
+    Link { remote: String },
     /// Refused with this CONNACK code; `why` for a 5.0 client; `bad_credentials` counts as
     /// an authentication failure.
     Refused { code: u8, why: Option<String>, bad_credentials: bool },
 }
 
-/// What cluster linking adds to connections. Installed once by `node.rs`; a broker without
-/// it accepts no link client.
+/// How a link client's credentials fare.
+pub enum LinkAuth {
+    /// The link has no password: the client is authenticated like any client.
+    AsClient,
+    Accepted,
+    /// Refused (CONNACK 0x86), with why for a 5.0 client.
+    Refused(String),
+}
+
+/// What cluster linking adds to connections. Installed once by `node.rs` (a broker built
+/// without it, as in unit tests, treats every client as an ordinary one and refuses every
+/// client on a link listener).
 pub trait LinkHooks: Send + Sync + 'static {
     /// Judge a CONNECT for its link fields.
     fn admit(&self, hello: &LinkHello<'_>) -> Admission;
+    /// Check a link client's username and password against its link's.
+    fn authenticate(&self, remote: &str, username: Option<&str>, password: Option<&[u8]>) -> LinkAuth;
     /// A link client was accepted: the CONNACK user properties that tell it the routes its
     /// session holds here (sorted), within `budget` bytes.
     fn accepted(

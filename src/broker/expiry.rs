@@ -25,7 +25,7 @@ impl Broker {
                     }
                 }
             }
-            if let Some(since) = st.disconnected_at_ms.filter(|_| self.replica().is_none()) {
+            if let Some(since) = st.disconnected_at_ms.filter(|_| self.replica.get().is_none()) {
                 // (In a cluster the leader expires sessions, once, through Raft.)
                 if st.expiry_interval != u32::MAX && since + u64::from(st.expiry_interval) * 1000 <= now {
                     if let Some((w, _)) = st.pending_will.take() {

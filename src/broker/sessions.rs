@@ -199,7 +199,7 @@ impl Broker {
             }
         }
         if end_session {
-            self.end_if(&session.client_id, |s, _| Arc::ptr_eq(s, session), Kick::TakenOver);
+            self.end_if(&session.client_id, |s, st| Arc::ptr_eq(s, session) && st.conn.is_none(), Kick::TakenOver);
         } else {
             self.persist(session);
         }

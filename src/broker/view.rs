@@ -29,8 +29,15 @@ pub struct SessionMeta {
 impl Broker {
     /// A session's ownership or lifecycle changed: `fresh` when it started clean (what the view
     /// held for the client id goes), `queue` its replicated queue. None: the session is gone.
-    pub fn apply_session(&self, client_id: &str, entry: Option<SessionMeta>, fresh: bool, queue: Vec<(u64, Delivery)>) {
-        let me = self.node_id();
+    /// (`me`: this node's id in the cluster.)
+    pub fn apply_session(
+        &self,
+        me: u64,
+        client_id: &str,
+        entry: Option<SessionMeta>,
+        fresh: bool,
+        queue: Vec<(u64, Delivery)>,
+    ) {
         let Some(meta) = entry else {
             // The session ended (expired, removed, or a non-persistent session disconnected).
             self.end_session(client_id, Kick::TakenOver);

@@ -16,7 +16,7 @@ pub fn apply(broker: &Broker, me: u64, changes: Vec<Change>, links: &LinksListen
         match c {
             Change::Reset(snap) => {
                 links(snap.links.clone());
-                reset(broker, *snap);
+                reset(broker, me, *snap);
             }
             Change::Nodes(_) => {}
             Change::Links(overrides) => links(overrides),
@@ -27,7 +27,9 @@ pub fn apply(broker: &Broker, me: u64, changes: Vec<Change>, links: &LinksListen
                     }
                 }
             }
-            Change::Session { client_id, entry, fresh, queue } => broker.apply_session(&client_id, entry, fresh, queue),
+            Change::Session { client_id, entry, fresh, queue } => {
+                broker.apply_session(me, &client_id, entry, fresh, queue)
+            }
             Change::Subscription { client_id, filter, sub } => broker.apply_subscription(&client_id, filter, sub),
             Change::Retained { topic, msg } => broker.set_retained(topic, msg),
             Change::Queued { client_id, owner, delivery, evicted, .. } => {
@@ -45,16 +47,16 @@ pub fn apply(broker: &Broker, me: u64, changes: Vec<Change>, links: &LinksListen
 }
 
 /// The whole state was replaced (a snapshot restore): the view follows.
-fn reset(broker: &Broker, snap: Snapshot) {
+fn reset(broker: &Broker, me: u64, snap: Snapshot) {
     tracing::info!(view = snap.view, sessions = snap.sessions.len(), "cluster: view reset from a snapshot");
     for s in broker.sessions() {
         if !snap.sessions.contains_key(&*s.client_id) {
-            broker.apply_session(&s.client_id, None, false, Vec::new());
+            broker.apply_session(me, &s.client_id, None, false, Vec::new());
         }
     }
     for (id, e) in &snap.sessions {
         let queue = e.queue.iter().map(|(k, v)| (*k, v.clone())).collect();
-        broker.apply_session(id, Some(SessionMeta::from(e)), false, queue);
+        broker.apply_session(me, id, Some(SessionMeta::from(e)), false, queue);
         broker.reset_subscriptions(id, &e.subscriptions);
     }
     broker.reset_retained(snap.retained);

@@ -75,16 +75,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
             None => Admission::Client,
         };
-        let (link_from, link_authenticated) = match admission {
-            Admission::Client => (None, false),
-            Admission::Link { remote, authenticated } => (Some(remote), authenticated),
+        let link_from = match admission {
+            Admission::Client => None,
+            Admission::Link { remote } => Some(remote),
             Admission::Refused { code, why: w, bad_credentials } => {
                 if bad_credentials {
                     inc(&self.broker.metrics.auth_failures);
                 }
                 fail = Some(code);
                 why = w;
-                (None, false)
+                None
             }
         };
         if fail.is_some() {
@@ -104,7 +104,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 }
             }
         }
-        if fail.is_none() && !link_authenticated {
+        let link_auth = match (&fail, &link_from, self.broker.link_hooks()) {
+            (None, Some(remote), Some(h)) => h.authenticate(remote, c.username.as_deref(), c.password.as_deref()),
+            _ => LinkAuth::AsClient,
+        };
+        if let LinkAuth::Refused(w) = link_auth {
+            inc(&self.broker.metrics.auth_failures);
+            fail = Some(reason::BAD_USER_NAME_OR_PASSWORD);
+            why = Some(w);
+        } else if fail.is_none() && matches!(link_auth, LinkAuth::AsClient) {
             let user = c.username.as_deref();
             let ip = self.peer.ip();
             if user.is_none() && c.password.is_none() && !self.broker.authenticate_connect(ip, None, None).await {

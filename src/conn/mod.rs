@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::AclAction;
-use crate::broker::control::{Admission, Commit, CommitError, LinkHello, LinkHooks, Op, Outcome};
+use crate::broker::control::{Admission, Commit, CommitError, LinkAuth, LinkHello, LinkHooks, Op, Outcome};
 use crate::broker::message::{now_ms, Delivery, Message};
 use crate::broker::session::{Inflight, Kick, Session};
 use crate::broker::Attached;

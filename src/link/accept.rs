@@ -3,7 +3,7 @@
 //! in its link status), the route list in their CONNACK, their outbox bound and the sequence
 //! stamp of what is sent to them. Installed into the broker as its `LinkHooks`.
 
-use crate::broker::control::{Admission, LinkHello, LinkHooks};
+use crate::broker::control::{Admission, LinkAuth, LinkHello, LinkHooks};
 use crate::broker::session::QueueBound;
 use crate::mqtt::packet::reason;
 
@@ -72,24 +72,25 @@ impl LinkHooks for Registry {
             let why = format!("link protocol {LINK_VERSION} here, {} there", theirs.unwrap_or("none"));
             return refuse(reason::UNSUPPORTED_PROTOCOL_VERSION, Some(why));
         }
-        // A link with a password expects the other cluster's link client to present the same
-        // username and password (the pair is configured on both sides); a link without one is
-        // authenticated like any client (and warned about at startup).
-        let Some(l) = self.get(remote).filter(|l| l.password.is_some()) else {
-            return Admission::Link { remote: remote.to_string(), authenticated: false };
-        };
+        Admission::Link { remote: remote.to_string() }
+    }
+
+    /// A link with a password expects the other cluster's link client to present the same
+    /// username and password (the pair is configured on both sides); a link without one is
+    /// authenticated like any client (and warned about at startup).
+    fn authenticate(&self, remote: &str, username: Option<&str>, password: Option<&[u8]>) -> LinkAuth {
+        let Some(l) = self.get(remote).filter(|l| l.password.is_some()) else { return LinkAuth::AsClient };
         let pass_ok =
-            crate::auth::ct_eq(h.password.unwrap_or_default(), l.password.as_deref().unwrap_or_default().as_bytes());
-        if h.username != l.username.as_deref() || !pass_ok {
+            crate::auth::ct_eq(password.unwrap_or_default(), l.password.as_deref().unwrap_or_default().as_bytes());
+        if username != l.username.as_deref() || !pass_ok {
             tracing::warn!(link = %l.name, "conn.refused: a link client without this link's credentials");
-            let why = format!("the link {} on cluster {me} has another username/password", l.name);
-            return Admission::Refused {
-                code: reason::BAD_USER_NAME_OR_PASSWORD,
-                why: Some(why),
-                bad_credentials: true,
-            };
+            return LinkAuth::Refused(format!(
+                "the link {} on cluster {} has another username/password",
+                l.name,
+                self.cluster_name()
+            ));
         }
-        Admission::Link { remote: remote.to_string(), authenticated: true }
+        LinkAuth::Accepted
     }
 
     fn accepted(

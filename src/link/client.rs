@@ -10,7 +10,7 @@ pub(super) async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus
     // tried at once, one after the other, before waiting `retry_interval`.
     let mut failed_in_round = 0usize;
     let mut last_logged: Option<String> = None;
-    let mut leadership = ctx.cluster.as_ref().map(|c| c.raft.leadership());
+    let mut leadership = ctx.cluster().map(|c| c.raft.leadership());
     loop {
         if cancel.is_cancelled() {
             break;
@@ -94,7 +94,7 @@ pub(super) fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_manual_acks(true);
     opts.set_receive_maximum(Some(link.max_inflight.max(1)));
-    let (actor, term) = match &ctx.cluster {
+    let (actor, term) = match ctx.cluster() {
         Some(c) => (c.node_name.clone(), c.raft.metrics().current_term),
         None => (ctx.me.clone(), 0),
     };
@@ -176,7 +176,7 @@ pub(super) async fn run(
     port: u16,
 ) -> Result<(), (String, bool)> {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
-    if let Some(c) = &ctx.cluster {
+    if let Some(c) = ctx.cluster() {
         // A new leader's view may lag the log: read through a committed barrier first, or the
         // route bootstrap would remove routes at the remote that subscribers here still want.
         if !c.is_ready() {
@@ -204,7 +204,7 @@ pub(super) async fn run(
     let mut connected = false;
     let mut routes = RouteSync::new(&link.topics, link.retry_interval.max(Duration::from_millis(100)));
     let mut pending: VecDeque<Inbound> = VecDeque::new();
-    let mut leadership = ctx.cluster.as_ref().map(|c| c.raft.leadership());
+    let mut leadership = ctx.cluster().map(|c| c.raft.leadership());
     // Armed before the route table is read, re-armed before it is read again: no change is
     // missed between two reads.
     let mut routes_changed = Box::pin(broker.routes_changed.notified());

@@ -27,7 +27,7 @@ pub(super) async fn front_done(pending: &mut VecDeque<Inbound>) -> Result<bool, 
 }
 
 pub(super) fn reset_seen(link: &LinkConfig, ctx: &Ctx) {
-    match &ctx.cluster {
+    match ctx.cluster() {
         Some(c) => {
             // Queued ahead of every message of this connection.
             c.commit_detached(vec![Command::LinkReset { link: link.name.clone() }]);
@@ -80,7 +80,7 @@ pub(super) fn on_publish(link: &LinkConfig, ctx: &Ctx, status: &Arc<LinkStatus>,
         // once, so not delivered as QoS 2.
         qos = QoS::AtLeastOnce;
     }
-    let cluster = ctx.cluster.as_ref();
+    let cluster = ctx.cluster();
     if cluster.is_none() {
         if let Some(s) = seq {
             if !ctx.registry.seen_insert(&link.name, s) {

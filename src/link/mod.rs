@@ -100,12 +100,13 @@ pub fn start(
             "link without a password: any client that reaches a link listener here can claim to be that cluster; \
              set the same username and password on both sides' link (and TLS)");
     }
+    let cluster = cluster.as_ref().map(Arc::downgrade);
     let ctx = Ctx { broker, cluster, registry, cancel, tracker: tracker.clone(), me: cfg.cluster.name.clone() };
     tracker.spawn(manage(ctx).instrument(tracing::info_span!("links")));
 }
 
 fn is_leader(ctx: &Ctx) -> bool {
-    match &ctx.cluster {
+    match ctx.cluster() {
         None => true,
         Some(c) => c.leadership().is_leader_with_lease(),
     }
@@ -115,13 +116,20 @@ fn is_leader(ctx: &Ctx) -> bool {
 #[derive(Clone)]
 struct Ctx {
     broker: Arc<Broker>,
-    /// The cluster whose leader holds the link (None: a single node, its own leader).
-    cluster: Option<Arc<Cluster>>,
+    /// The cluster whose leader holds the link (None: a single node, its own leader). Weak:
+    /// a link task that outlives the node's shutdown does not keep the cluster's store open.
+    cluster: Option<std::sync::Weak<Cluster>>,
     registry: Arc<Registry>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// This cluster's name.
     me: String,
+}
+
+impl Ctx {
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.as_ref().and_then(std::sync::Weak::upgrade)
+    }
 }
 
 struct Running {
