@@ -74,3 +74,58 @@ async fn a_node_whose_store_is_wiped_refuses_to_start_and_rejoins_when_asked() {
     c.spawn(cc);
     assert_eq!(c.wait_exit(cc, Duration::from_secs(20)).await, Some(2), "C with an empty store");
 }
+
+/// The watermark of node `i`'s Raft store (0 before the first write).
+fn watermark(c: &ProcCluster, i: usize) -> u64 {
+    std::fs::read_to_string(c.data_dir(i).join("raft/strait-watermark"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A damaged store is not served as a shorter one: sled recovers to its last intact record and
+/// opens an emptied file as a new store, and the node used to start with part of its log (or
+/// none). The watermark beside the store remembers how far the log was committed and flushed:
+/// a node whose log ends below it refuses to start (exit 2) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_was_truncated_refuses_to_start() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let (mut p, _) = Raw::connect(addr(c.nodes[0].mqtt), Protocol::V5, "writer").await;
+    // Committed traffic until both followers' watermarks are well into the log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n: u16 = 0;
+    while watermark(&c, 1) < 50 || watermark(&c, 2) < 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watermarks did not advance: {} {}",
+            watermark(&c, 1),
+            watermark(&c, 2)
+        );
+        n = n.wrapping_add(1).max(1);
+        let mut m = publish(&format!("disk/t{}", n % 20), QoS::AtLeastOnce, format!("v{n}").as_bytes(), n);
+        m.retain = true;
+        assert_eq!(p.publish(m).await, 0, "PUBACK");
+    }
+    drop(p);
+
+    tracing::info!("== C's store emptied (sled opens it as a new one)");
+    c.kill(2);
+    let db = c.data_dir(2).join("raft/db");
+    std::fs::OpenOptions::new().write(true).open(&db).and_then(|f| f.set_len(0)).expect("empty C's store");
+    c.spawn(2);
+    assert_eq!(c.wait_exit(2, Duration::from_secs(20)).await, Some(2), "C with an emptied store must refuse to start");
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap_or_default();
+    assert!(log.contains("the store is damaged"), "C says its store is damaged: {log}");
+
+    tracing::info!("== B's store cut to half its size");
+    c.kill(1);
+    let db = c.data_dir(1).join("raft/db");
+    let len = std::fs::metadata(&db).expect("B's store").len();
+    std::fs::OpenOptions::new().write(true).open(&db).and_then(|f| f.set_len(len / 2)).expect("truncate B's store");
+    c.spawn(1);
+    assert_eq!(c.wait_exit(1, Duration::from_secs(20)).await, Some(2), "B with half its store must refuse to start");
+    let log = std::fs::read_to_string(&c.nodes[1].log).unwrap_or_default();
+    assert!(log.contains("the store is damaged"), "B says its store is damaged: {log}");
+}

@@ -24,7 +24,8 @@ struct Cmd(Vec<u8>);
 impl StateMachine for Counter {
     type Command = Cmd;
     type Response = u64;
-    fn apply(&mut self, batch: Vec<Cmd>) -> Vec<u64> {
+    type Event = ();
+    fn apply(&mut self, batch: Vec<Cmd>, _events: &mut Vec<()>) -> Vec<u64> {
         batch
             .into_iter()
             .map(|c| {
@@ -34,10 +35,10 @@ impl StateMachine for Counter {
             })
             .collect()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        strait_raft::encode(&(self.n, self.bytes)).unwrap_or_default()
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        strait_raft::encode(&(self.n, self.bytes)).map_err(|e| e.to_string())
     }
-    fn restore(&mut self, b: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, b: &[u8], _events: &mut Vec<()>) -> Result<(), String> {
         let (n, bytes) = strait_raft::decode(b).map_err(|e| e.to_string())?;
         *self = Counter { n, bytes };
         Ok(())

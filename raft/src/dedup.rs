@@ -96,7 +96,13 @@ impl<R: Clone> Dedup<R> {
 
     /// Apply one entry's proposals at log `index`: new ones go to the state machine as one
     /// batch, duplicates get their recorded response. One result per proposal, in order.
-    pub fn apply<S>(&mut self, sm: &mut S, index: u64, batch: Vec<Proposal<S::Command>>) -> Vec<Applied<R>>
+    pub fn apply<S>(
+        &mut self,
+        sm: &mut S,
+        index: u64,
+        batch: Vec<Proposal<S::Command>>,
+        events: &mut Vec<S::Event>,
+    ) -> Vec<Applied<R>>
     where
         S: StateMachine<Response = R>,
     {
@@ -115,7 +121,7 @@ impl<R: Clone> Dedup<R> {
             }
         }
         let n = fresh.len();
-        let mut responses = if n > 0 { sm.apply(fresh) } else { Vec::new() }.into_iter();
+        let mut responses = if n > 0 { sm.apply(fresh, events) } else { Vec::new() }.into_iter();
         let mut ids = fresh_ids.into_iter();
         out.into_iter()
             .map(|slot| match slot {

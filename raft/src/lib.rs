@@ -98,12 +98,16 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     type Command: Serialize + for<'de> Deserialize<'de> + Clone + Send + Sync + 'static;
     type Response: Serialize + for<'de> Deserialize<'de> + Clone + Send + Sync + 'static;
 
-    /// Apply one committed batch; one response per command.
-    fn apply(&mut self, batch: Vec<Self::Command>) -> Vec<Self::Response>;
-    /// The whole state as bytes.
-    fn snapshot(&self) -> Vec<u8>;
-    /// Replace the state with a snapshot's.
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
+    /// What applying changed, for the application beside the replicated state (not replicated,
+    /// not in snapshots): handed, in apply order, to the sink given to `RaftNode::start_with`.
+    type Event: Send + 'static;
+
+    /// Apply one committed batch; one response per command. What it changed goes to `events`.
+    fn apply(&mut self, batch: Vec<Self::Command>, events: &mut Vec<Self::Event>) -> Vec<Self::Response>;
+    /// The whole state as bytes; an error stops the snapshot (nothing partial is stored).
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Replace the state with a snapshot's (the application learns it through `events`).
+    fn restore(&mut self, bytes: &[u8], events: &mut Vec<Self::Event>) -> Result<(), String>;
 }
 
 /// bincode 2 (serde) with the format version byte.

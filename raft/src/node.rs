@@ -230,22 +230,22 @@ impl<S: StateMachine> RaftNode<S> {
         listener: tokio::net::TcpListener,
         extra: Option<tonic::service::Routes>,
     ) -> Result<RaftNode<S>, StartError> {
-        Self::start_with(cfg, dir, listener, extra, S::default(), Arc::new(Faults::default())).await
+        Self::start_with(cfg, dir, listener, extra, None, Arc::new(Faults::default())).await
     }
 
-    /// `start` with a given empty state machine value (one carrying non-replicated parts such
-    /// as an event sink; snapshots restore into it in place) and a shared fault injector.
+    /// `start` with a sink for the state machine's events (what each applied batch changed,
+    /// in apply order, restores included) and a shared fault injector.
     pub async fn start_with(
         cfg: RaftConfig,
         dir: &Path,
         listener: tokio::net::TcpListener,
         extra: Option<tonic::service::Routes>,
-        state: S,
+        events: Option<mpsc::UnboundedSender<S::Event>>,
         faults: Arc<Faults>,
     ) -> Result<RaftNode<S>, StartError> {
         let span = tracing::info_span!("raft", node = cfg.id);
         let ocfg = Arc::new(cfg.openraft()?);
-        let (log, sm) = store::open_with::<S>(dir, state)
+        let (log, sm) = store::open_with::<S>(dir, events)
             .map_err(|source| StartError::Storage { dir: dir.display().to_string(), source })?;
         let me =
             Identity::new(&cfg.cluster, cfg.id, cfg.secret.as_ref().map(|s| s.0.as_str())).with_tls(cfg.tls.clone());

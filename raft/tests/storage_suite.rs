@@ -22,13 +22,14 @@ enum Cmd {
 impl StateMachine for Kv {
     type Command = Cmd;
     type Response = Option<String>;
-    fn apply(&mut self, batch: Vec<Cmd>) -> Vec<Option<String>> {
+    type Event = ();
+    fn apply(&mut self, batch: Vec<Cmd>, _events: &mut Vec<()>) -> Vec<Option<String>> {
         batch.into_iter().map(|Cmd::Set(k, v)| self.0.insert(k, v)).collect()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        strait_raft::encode(&self.0).unwrap_or_default()
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        strait_raft::encode(&self.0).map_err(|e| e.to_string())
     }
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8], _events: &mut Vec<()>) -> Result<(), String> {
         self.0 = strait_raft::decode(bytes).map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -181,15 +181,7 @@ impl Cluster {
         let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
         let (etx, erx) = mpsc::unbounded_channel();
         let raft_dir = cfg.node.data_dir.join("raft");
-        let raft = RaftNode::start_with(
-            rcfg,
-            &raft_dir,
-            listener,
-            Some(routes),
-            ClusterState::with_events(etx),
-            faults.clone(),
-        )
-        .await?;
+        let raft = RaftNode::start_with(rcfg, &raft_dir, listener, Some(routes), Some(etx), faults.clone()).await?;
         let (view_tx, view_rx) = watch::channel(0u64);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Cluster {

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
 
 pub use crate::broker::control::Target;
 use crate::broker::message::{Delivery, Message};
@@ -278,25 +277,15 @@ pub struct Snapshot {
     pub link_seen: BTreeMap<String, Seen>,
 }
 
-/// The state machine: the replicated snapshot plus the (not replicated) event sink.
+/// The state machine: the replicated snapshot. What a batch changed is returned with the view
+/// it reached (the Raft crate hands it to the node's applier).
 #[derive(Default)]
 pub struct ClusterState {
     pub s: Snapshot,
-    events: Option<UnboundedSender<(u64, Vec<Change>)>>,
 }
 
 impl ClusterState {
-    pub fn with_events(tx: UnboundedSender<(u64, Vec<Change>)>) -> ClusterState {
-        ClusterState { s: Snapshot::default(), events: Some(tx) }
-    }
-
-    fn emit(&self, view: u64, changes: Vec<Change>) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send((view, changes));
-        }
-    }
-
-    /// Apply one command; pure apart from the change notification.
+    /// Apply one command: its outcome and what it changed.
     pub fn apply_one(&mut self, cmd: Command) -> (Outcome, Vec<Change>) {
         let s = &mut self.s;
         let mut out = Vec::new();
@@ -552,8 +541,10 @@ impl ClusterState {
 impl strait_raft::StateMachine for ClusterState {
     type Command = Command;
     type Response = Response;
+    /// The view reached and what the batch changed.
+    type Event = (u64, Vec<Change>);
 
-    fn apply(&mut self, batch: Vec<Command>) -> Vec<Response> {
+    fn apply(&mut self, batch: Vec<Command>, events: &mut Vec<(u64, Vec<Change>)>) -> Vec<Response> {
         let mut responses = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
         for cmd in batch {
@@ -562,20 +553,19 @@ impl strait_raft::StateMachine for ClusterState {
             changes.append(&mut c);
             responses.push(Response { view: self.s.view, outcome });
         }
-        self.emit(self.s.view, changes);
+        events.push((self.s.view, changes));
         responses
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
         let mut out = vec![STATE_FORMAT];
-        match bincode::serde::encode_to_vec(&self.s, bincode::config::standard()) {
-            Ok(b) => out.extend(b),
-            Err(e) => tracing::error!("cluster state snapshot failed: {e}"),
-        }
-        out
+        let body = bincode::serde::encode_to_vec(&self.s, bincode::config::standard())
+            .map_err(|e| format!("cluster state snapshot: {e}"))?;
+        out.extend(body);
+        Ok(out)
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8], events: &mut Vec<(u64, Vec<Change>)>) -> Result<(), String> {
         let s: Snapshot = match bytes.split_first() {
             Some((&STATE_FORMAT, rest)) => {
                 bincode::serde::decode_from_slice(rest, bincode::config::standard())
@@ -589,7 +579,7 @@ impl strait_raft::StateMachine for ClusterState {
         for e in self.s.sessions.values_mut() {
             e.recount();
         }
-        self.emit(self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]);
+        events.push((self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]));
         Ok(())
     }
 }

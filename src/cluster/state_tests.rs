@@ -116,7 +116,9 @@ fn a_byte_bound_evicts_and_is_recounted_after_acks_and_restore() {
     st.apply_one(Command::Ack { client_id: "s".into(), seqs: vec![2] });
     assert_eq!(st.s.sessions["s"].queue_bytes, one);
     let mut copy = ClusterState::default();
-    copy.restore(&st.snapshot()).expect("restore");
+    let mut events = Vec::new();
+    copy.restore(&st.snapshot().expect("snapshot"), &mut events).expect("restore");
+    assert!(matches!(events.as_slice(), [(_, c)] if matches!(c.as_slice(), [Change::Reset(_)])), "a restore is told");
     assert_eq!(copy.s.sessions["s"].queue_bytes, one, "derived byte count rebuilt on restore");
     assert_eq!(copy.s.sessions["s"].dropped, 2);
 }

@@ -2,10 +2,19 @@
 //!
 //! Trees: `log` (index as big-endian u64 → encoded entry), `raft_meta` (`vote`, `committed`,
 //! `last_purged`). Every mutation is flushed before it is acknowledged.
+//!
+//! A damaged store must not be served as a shorter one: sled recovers to the last intact record
+//! and opens a missing store as a new one, so a truncated or overwritten file would start
+//! silently with part of its log. The [`Watermark`], a file beside sled's, records an index up
+//! to which the log was committed and flushed here (at most a second behind); a store whose log
+//! ends below it is refused at open.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -19,6 +28,64 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    mark: Arc<Watermark>,
+}
+
+/// How often the watermark file is rewritten while the log moves.
+const MARK_EVERY: Duration = Duration::from_secs(1);
+
+/// The file that remembers how far this node's log was committed and flushed.
+pub struct Watermark {
+    path: PathBuf,
+    state: Mutex<MarkState>,
+}
+
+struct MarkState {
+    /// Last index flushed by an append (lowered by a truncation).
+    flushed: u64,
+    /// Last committed index this node was told.
+    committed: u64,
+    /// What the file says, and when it was written.
+    written: u64,
+    at: Instant,
+}
+
+impl Watermark {
+    /// The file in the store's directory; its value (0 when there is none).
+    pub fn open(dir: &Path) -> Result<(Watermark, u64), io::Error> {
+        let path = dir.join("strait-watermark");
+        let written = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: not an index ({e})", path.display()))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        };
+        let state = MarkState { flushed: 0, committed: 0, written, at: Instant::now() };
+        Ok((Watermark { path, state: Mutex::new(state) }, written))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut MarkState)) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut st);
+        let safe = st.flushed.min(st.committed);
+        if safe > st.written && st.at.elapsed() >= MARK_EVERY {
+            // Written to a temporary file, synced and renamed: never half a number.
+            let tmp = self.path.with_extension("tmp");
+            let res = std::fs::File::create(&tmp).and_then(|mut f| {
+                use std::io::Write;
+                writeln!(f, "{safe}")?;
+                f.sync_all()
+            });
+            match res.and_then(|_| std::fs::rename(&tmp, &self.path)) {
+                Ok(()) => {
+                    st.written = safe;
+                    st.at = Instant::now();
+                }
+                Err(e) => tracing::warn!(path = %self.path.display(), "cannot write the store's watermark: {e}"),
+            }
+        }
+    }
 }
 
 fn io(e: sled::Error) -> io::Error {
@@ -26,12 +93,44 @@ fn io(e: sled::Error) -> io::Error {
 }
 
 impl LogStore {
-    pub fn new(db: &sled::Db) -> Result<LogStore, io::Error> {
-        Ok(LogStore {
+    /// The log in `db`, checked against the watermark in `dir`: a log that ends below it lost
+    /// data (a damaged or replaced store) and is refused.
+    pub fn new(db: &sled::Db, dir: &Path) -> Result<LogStore, io::Error> {
+        let (mark, expected) = Watermark::open(dir)?;
+        let store = LogStore {
             db: db.clone(),
             log: db.open_tree("log").map_err(io)?,
             meta: db.open_tree("raft_meta").map_err(io)?,
-        })
+            mark: Arc::new(mark),
+        };
+        let last = store.last_index()?;
+        if last < expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the store is damaged: its Raft log ends at index {last}, but this node had committed and \
+                     flushed up to {expected} ({}). It is not served as a shorter log. Restore the data \
+                     directory from a backup, or remove it and rejoin this node as a new member \
+                     (DELETE /api/v5/cluster/nodes/NAME, then POST it back)",
+                    store.mark.path.display()
+                ),
+            ));
+        }
+        store.mark.update(|st| {
+            st.flushed = last;
+            st.committed = last.min(expected.max(st.committed));
+        });
+        Ok(store)
+    }
+
+    /// The index the log reaches: its last entry, or what a snapshot covers (`last_purged`).
+    fn last_index(&self) -> Result<u64, io::Error> {
+        let purged: Option<LogIdOf<C>> = self.get_meta("last_purged")?;
+        let entry = match self.log.last().map_err(io)? {
+            Some((_, v)) => Some(decode::<EntryOf<C>>(&v)?.log_id.index),
+            None => None,
+        };
+        Ok(entry.max(purged.map(|p| p.index)).unwrap_or(0))
     }
 
     async fn flush(&self) -> Result<(), io::Error> {
@@ -119,6 +218,9 @@ impl RaftLogStorage<C> for LogStore {
     /// append's flush. This was one fsync per commit on every node, in the commit path.
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.meta.insert("committed", encode(&committed)?).map_err(io)?;
+        if let Some(c) = committed {
+            self.mark.update(|st| st.committed = st.committed.max(c.index));
+        }
         Ok(())
     }
 
@@ -132,17 +234,23 @@ impl RaftLogStorage<C> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for e in entries {
             batch.insert(&e.log_id.index.to_be_bytes(), encode(&e)?);
+            last = Some(e.log_id.index);
         }
         self.log.apply_batch(batch).map_err(io)?;
         let res = self.flush().await;
+        if let (Ok(()), Some(last)) = (&res, last) {
+            self.mark.update(|st| st.flushed = last);
+        }
         callback.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
         res
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.mark.update(|st| st.flushed = st.flushed.min(from.saturating_sub(1)));
         let mut batch = sled::Batch::default();
         for kv in self.log.range(from.to_be_bytes()..) {
             let (k, _) = kv.map_err(io)?;

@@ -17,11 +17,14 @@ const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Open (or create) the node's storage at `dir`.
 pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
-    open_with(dir, S::default())
+    open_with(dir, None)
 }
 
-/// Open with a given (empty) state machine value: one that carries non-replicated parts.
-pub fn open_with<S: StateMachine>(dir: &Path, sm: S) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
+/// Open, with a sink for the state machine's events.
+pub fn open_with<S: StateMachine>(
+    dir: &Path,
+    events: Option<tokio::sync::mpsc::UnboundedSender<S::Event>>,
+) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
     // sled's page cache defaults to 1 GiB and grows toward it with the log; the log is
     // written once and read rarely (catch-up), so a small cache costs nothing.
     let cfg = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
@@ -38,7 +41,7 @@ pub fn open_with<S: StateMachine>(dir: &Path, sm: S) -> Result<(LogStore, StateM
             r => break r.map_err(std::io::Error::other)?,
         }
     };
-    let log = LogStore::new(&db)?;
-    let sm = StateMachineStore::new(&db, sm)?;
+    let log = LogStore::new(&db, dir)?;
+    let sm = StateMachineStore::new(&db, events)?;
     Ok((log, sm))
 }

@@ -12,7 +12,7 @@ use futures_util::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
-use tokio::sync::RwLock;
+use tokio::sync::{mpsc, RwLock};
 
 use crate::dedup::Dedup;
 use crate::{decode, decode_raft, encode, encode_raft, Proposal, Response, StateMachine, TypeConfig};
@@ -26,6 +26,8 @@ struct StoredSnapshot {
 
 struct Inner<S: StateMachine> {
     sm: S,
+    /// Where the state machine's events go (the application's applier), in apply order.
+    events: Option<mpsc::UnboundedSender<S::Event>>,
     dedup: Dedup<S::Response>,
     last_applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
@@ -61,24 +63,35 @@ impl<S: StateMachine> Inner<S> {
     /// Snapshot bytes: the request-id table (so a retried proposal stays deduplicated on a node
     /// that caught up by snapshot) and the application's own bytes.
     fn snapshot(&self) -> Result<Vec<u8>, io::Error> {
-        encode(&(&self.dedup, self.sm.snapshot()))
+        let app = self.sm.snapshot().map_err(io::Error::other)?;
+        encode(&(&self.dedup, app))
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), io::Error> {
         let (dedup, app): (Dedup<S::Response>, Vec<u8>) = decode(bytes)?;
-        // In place: the application's state machine may carry non-replicated parts (an event
-        // sink) that a fresh `S::default()` would lose; `restore` replaces all replicated state.
-        self.sm.restore(&app).map_err(io::Error::other)?;
+        let mut events = Vec::new();
+        self.sm.restore(&app, &mut events).map_err(io::Error::other)?;
         self.dedup = dedup;
+        self.emit(events);
         Ok(())
+    }
+
+    fn emit(&self, events: Vec<S::Event>) {
+        if let Some(tx) = &self.events {
+            for e in events {
+                let _ = tx.send(e);
+            }
+        }
     }
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
-    pub fn new(db: &sled::Db, sm: S) -> Result<Self, io::Error> {
+    /// `events`: where the state machine's events go (None: nowhere).
+    pub fn new(db: &sled::Db, events: Option<mpsc::UnboundedSender<S::Event>>) -> Result<Self, io::Error> {
         let tree = db.open_tree("snapshot").map_err(io)?;
         let mut inner = Inner {
-            sm,
+            sm: S::default(),
+            events,
             dedup: Dedup::default(),
             last_applied: None,
             membership: StoredMembershipOf::<C>::default(),
@@ -156,7 +169,10 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
                     match decode::<Vec<Proposal<S::Command>>>(&req.0) {
                         Ok(batch) => {
                             let inner = &mut *inner;
-                            Response(encode(&inner.dedup.apply(&mut inner.sm, index, batch))?)
+                            let mut events = Vec::new();
+                            let applied = inner.dedup.apply(&mut inner.sm, index, batch, &mut events);
+                            inner.emit(events);
+                            Response(encode(&applied)?)
                         }
                         // Proposals are checked before they are proposed, so this is an entry
                         // from an older or foreign writer: every replica skips it alike (the

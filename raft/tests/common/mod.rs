@@ -28,8 +28,9 @@ pub enum KvCmd {
 impl StateMachine for Kv {
     type Command = KvCmd;
     type Response = u64;
+    type Event = ();
 
-    fn apply(&mut self, batch: Vec<KvCmd>) -> Vec<u64> {
+    fn apply(&mut self, batch: Vec<KvCmd>, _events: &mut Vec<()>) -> Vec<u64> {
         batch
             .into_iter()
             .map(|c| {
@@ -49,11 +50,11 @@ impl StateMachine for Kv {
             .collect()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        strait_raft::encode(self).expect("encode kv")
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        strait_raft::encode(self).map_err(|e| e.to_string())
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8], _events: &mut Vec<()>) -> Result<(), String> {
         *self = strait_raft::decode(bytes).map_err(|e| e.to_string())?;
         Ok(())
     }
