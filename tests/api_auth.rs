@@ -1,8 +1,9 @@
 //! HTTP API, Prometheus metrics, `strait passwd` files and ACL rules.
 
-mod harness;
+mod common;
 
-use harness::*;
+use common::wire::*;
+use common::*;
 use strait::mqtt::packet::*;
 
 #[tokio::test]
@@ -47,8 +48,8 @@ async fn api_endpoints_and_kick() {
 
 #[tokio::test]
 async fn passwords_and_acl() {
-    let dir = tempdir("acl");
-    let pw = dir.join("passwd");
+    let dir = TempDir::new("acl");
+    let pw = dir.path().join("passwd");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
         .arg("passwd")
         .arg(&pw)
@@ -56,14 +57,14 @@ async fn passwords_and_acl() {
         .output()
         .expect("strait passwd");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let acl = dir.join("acl");
+    let acl = dir.path().join("acl");
     std::fs::write(
         &acl,
         "allow user:bob publish sensors/%u/#\nallow user:bob subscribe sensors/#\ndeny all subscribe secret/#\ndeny all all #\n",
     )
     .expect("write acl");
     let n = start_in(
-        &dir,
+        dir,
         &format!(
             "authentication {{ allow_anonymous = false, password_file = \"{}\" }}\nauthorization {{ acl_file = \"{}\", no_match = deny }}",
             pw.display(),
@@ -97,10 +98,10 @@ async fn passwords_and_acl() {
 /// that topic's, and subscribing to the denied topic itself is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hash_monitor_beside_a_deny_rule_reads_everything_else() {
-    let dir = tempdir("acl-read");
-    let acl = dir.join("acl");
+    let dir = TempDir::new("acl-read");
+    let acl = dir.path().join("acl");
     std::fs::write(&acl, "deny all subscribe test/nosubscribe\n").expect("write acl");
-    let n = start_in(&dir, &format!("authorization {{ acl_file = \"{}\", no_match = allow }}", acl.display())).await;
+    let n = start_in(dir, &format!("authorization {{ acl_file = \"{}\", no_match = allow }}", acl.display())).await;
     let (mut monitor, _) = Raw::connect(n.mqtt, Protocol::V5, "monitor").await;
     assert_eq!(monitor.subscribe("#", QoS::AtLeastOnce).await, vec![1], "# is granted");
     let (mut direct, _) = Raw::connect(n.mqtt, Protocol::V311, "direct").await;

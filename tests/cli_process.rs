@@ -1,13 +1,14 @@
 //! The `strait` binary as a child process: check-config exit codes and messages, SIGTERM
 //! handling (v5 DISCONNECT 0x8B, exit 0), SIGKILL + restart keeps retained messages.
 
-mod harness;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-use harness::*;
+use common::wire::*;
+use common::*;
 use strait::mqtt::packet::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait");

@@ -2,12 +2,13 @@
 //! 100,000 inputs (STRAIT_FUZZ_CASES for more), over many connections. Afterwards the broker must
 //! still serve a normal client, and must have counted the bad packets rather than crashed.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use harness::*;
+use common::wire::*;
+use common::*;
 use rand::{Rng, SeedableRng};
 use strait::mqtt::codec;
 use strait::mqtt::packet::*;

@@ -1,11 +1,12 @@
 //! MQTT features over real TCP, checked byte-exactly with a raw client on the broker's codec.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::*;
+use common::wire::*;
+use common::*;
 use strait::mqtt::packet::*;
 
 const V5: Protocol = Protocol::V5;
@@ -398,8 +399,7 @@ async fn takeover_and_session_expiry() {
 
 #[tokio::test]
 async fn restart_keeps_sessions_queues_and_retained() {
-    let dir = tempdir("restart");
-    let n = start_in(&dir, "").await;
+    let n = start_in(TempDir::new("restart"), "").await;
     let mut c = connect_packet(V3, "durable");
     c.clean_start = false;
     let (mut s, _) = Raw::connect_with(n.mqtt, c.clone()).await;
@@ -412,9 +412,9 @@ async fn restart_keeps_sessions_queues_and_retained() {
     r.retain = true;
     p.publish(r).await;
     drop(p);
-    n.stop().await;
+    let dir = n.stop().await;
     tracing::info!("--- restart on the same data dir");
-    let n = start_in(&dir, "").await;
+    let n = start_in(dir, "").await;
     let (mut s, ack) = Raw::connect_with(n.mqtt, c).await;
     assert!(ack.session_present, "persistent session survived the restart");
     let mut topics = vec![s.publish_in().await.topic, s.publish_in().await.topic];

@@ -1,10 +1,10 @@
 //! The same broker driven by rumqttc, an independent client implementation, in 3.1.1 and 5.0.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
-use harness::*;
+use common::*;
 use tokio::sync::mpsc;
 
 type V4Rx = mpsc::UnboundedReceiver<(String, Vec<u8>, u8, bool)>;

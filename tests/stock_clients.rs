@@ -1,12 +1,12 @@
 //! Interoperability with the stock mosquitto clients (Debian's mosquitto-clients), run as child
 //! processes against an in-process node.
 
-mod harness;
+mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::*;
+use common::*;
 use tokio::process::Command;
 
 fn need(bin: &str) {
@@ -108,11 +108,11 @@ async fn v5_session_expiry_with_mosquitto_clients() {
 #[tokio::test]
 async fn password_file_made_by_mosquitto_passwd() {
     need("mosquitto_passwd");
-    let dir = tempdir("pw");
-    let file = dir.join("passwd");
+    let dir = TempDir::new("pw");
+    let file = dir.path().join("passwd");
     let f = file.to_str().expect("utf-8");
     run("mosquitto_passwd", &["-c", "-b", f, "alice", "s3cret"]).await;
-    let n = start_in(&dir, &format!("authentication {{ allow_anonymous = false, password_file = \"{f}\" }}")).await;
+    let n = start_in(dir, &format!("authentication {{ allow_anonymous = false, password_file = \"{f}\" }}")).await;
     let port = n.mqtt.port().to_string();
     let p = port.as_str();
     run("mosquitto_pub", &["-h", "127.0.0.1", "-p", p, "-u", "alice", "-P", "s3cret", "-t", "a", "-m", "ok"]).await;

@@ -82,9 +82,12 @@ pub enum What {
     Propagation {
         tries: usize,
     },
-    /// SIGKILL the leader of the receiving region while messages flow: time until they flow again.
+    /// SIGKILL a node while messages flow over a link: time until they flow again. The
+    /// receiving region's leader (it holds the link client), or with `sending` the node of the
+    /// sending region that serves the link client's connection.
     Failover {
         tries: usize,
+        sending: bool,
     },
 }
 
@@ -211,7 +214,13 @@ pub fn all(scale: u64) -> Vec<Scenario> {
         Scenario {
             name: "link-failover",
             about: "3-node region B pulls from A; SIGKILL B's leader under QoS 1 traffic: time until deliveries resume",
-            what: What::Failover { tries: (10 / scale as usize).max(1) },
+            what: What::Failover { tries: (10 / scale as usize).max(1), sending: false },
+            brokers: STRAIT,
+        },
+        Scenario {
+            name: "link-failover-sending",
+            about: "3-node region A serves B's link client; SIGKILL the A node it is connected to under QoS 1 traffic: time until deliveries resume",
+            what: What::Failover { tries: (10 / scale as usize).max(1), sending: true },
             brokers: STRAIT,
         },
     ]
@@ -424,7 +433,7 @@ async fn run_inner(s: &Scenario, kind: Kind, bins: &Binaries, row: &mut Row) -> 
             row.received = n;
             row.error = err;
         }
-        What::Failover { tries } => failover(&mut dep, bins, tries, row).await?,
+        What::Failover { tries, sending } => failover(&mut dep, bins, tries, sending, row).await?,
     }
     let (cpu, rss) = sampler.finish();
     row.cpu_pct = cpu;
@@ -535,26 +544,51 @@ fn leader_index(d: &Deployment, region: std::ops::Range<usize>) -> Option<usize>
     None
 }
 
+/// The node of region A (0..3) whose listener serves region B's link client (`clink-b`).
+fn link_holder_a(d: &Deployment) -> Option<usize> {
+    for i in 0..3 {
+        let Ok(b) = brokers::http_get(d.api[i], "/api/v5/clients/clink-b") else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&b) else { continue };
+        if v["connected"] != true {
+            continue;
+        }
+        let id = v["node_id"].as_str()?.to_string();
+        let c: serde_json::Value = serde_json::from_str(&brokers::http_get(d.api[i], "/api/v5/cluster").ok()?).ok()?;
+        let node = c["nodes"].as_array()?.iter().find(|n| n["id"] == id.as_str())?;
+        let n: usize = node["name"].as_str()?.trim_start_matches('n').split('@').next()?.parse().ok()?;
+        return Some(n - 1);
+    }
+    None
+}
+
 /// Region A = nodes 0..3 (publisher), region B = 3..6 (its leader pulls A's messages over the
-/// link). A subscriber on a follower of B receives a QoS 1 flow at 500 msg/s; B's leader is
-/// SIGKILLed; recovery = kill → first delivery of a message published after the kill.
-async fn failover(d: &mut Deployment, bins: &Binaries, tries: usize, row: &mut Row) -> anyhow::Result<()> {
+/// link). A subscriber in B receives a QoS 1 flow at 500 msg/s; B's leader (or, `sending`, the
+/// A node serving B's link client) is SIGKILLed; recovery = kill → first delivery of a message
+/// published after the kill.
+async fn failover(
+    d: &mut Deployment,
+    bins: &Binaries,
+    tries: usize,
+    sending: bool,
+    row: &mut Row,
+) -> anyhow::Result<()> {
     let mut rec = Vec::new();
     let mut lost_total = 0u64;
     for t in 0..tries {
         // Every node (the restarted one too) serves again before the next try.
         wait_cluster(d, d.api.len()).await?;
         wait_links(d).await?;
-        let leader = (0..60)
+        let victim = (0..60)
             .find_map(|_| {
-                let l = leader_index(d, 3..6);
+                let l = if sending { link_holder_a(d) } else { leader_index(d, 3..6) };
                 if l.is_none() {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 l
             })
-            .context("region B has no leader")?;
-        let sub_node = (3..6).find(|i| *i != leader).context("no follower")?;
+            .context(if sending { "no node of region A serves B's link client" } else { "region B has no leader" })?;
+        let sub_node = if sending { 4 } else { (3..6).find(|i| *i != victim).context("no follower")? };
+        let pub_node = if sending { (0..3).find(|i| *i != victim).context("no other A node")? } else { 0 };
         let topic = format!("linked/failover/{t}");
         let (subc, mut el) =
             load::subscriber(&format!("bench-fo-sub-{t}"), d.mqtt[sub_node], std::slice::from_ref(&topic), 1).await?;
@@ -562,7 +596,11 @@ async fn failover(d: &mut Deployment, bins: &Binaries, tries: usize, row: &mut R
         let kill_ns = Arc::new(AtomicU64::new(u64::MAX));
         let stop = Arc::new(AtomicBool::new(false));
         let (pubc, mut pel) = rumqttc::AsyncClient::new(
-            rumqttc::MqttOptions::new(format!("bench-fo-pub-{t}"), d.mqtt[0].ip().to_string(), d.mqtt[0].port()),
+            rumqttc::MqttOptions::new(
+                format!("bench-fo-pub-{t}"),
+                d.mqtt[pub_node].ip().to_string(),
+                d.mqtt[pub_node].port(),
+            ),
             1024,
         );
         let poller = tokio::spawn(async move { while pel.poll().await.is_ok() {} });
@@ -617,7 +655,7 @@ async fn failover(d: &mut Deployment, bins: &Binaries, tries: usize, row: &mut R
         };
         tokio::time::sleep(Duration::from_millis(1000)).await;
         kill_ns.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        d.procs[leader].kill();
+        d.procs[victim].kill();
         // Traffic continues for 4 s after the kill, then stops; the receiver drains.
         tokio::time::sleep(Duration::from_secs(4)).await;
         stop.store(true, Ordering::Relaxed);
@@ -632,10 +670,10 @@ async fn failover(d: &mut Deployment, bins: &Binaries, tries: usize, row: &mut R
         let _ = subc.disconnect().await;
         let _ = pubc.disconnect().await;
         poller.abort();
-        let r = recovered.context("deliveries did not resume within 60 s of the leader kill")?;
+        let r = recovered.context("deliveries did not resume within 60 s of the kill")?;
         tracing::info!(try_ = t, recovery_ms = r / 1_000_000, lost, "failover");
         rec.push((r / 1000).min(u32::MAX as u64) as u32);
-        brokers::restart_strait(d, bins, leader)?;
+        brokers::restart_strait(d, bins, victim)?;
     }
     rec.sort_unstable();
     row.p50_ms = load::percentile_ms(&rec, 0.5);

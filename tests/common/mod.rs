@@ -7,6 +7,7 @@ pub mod certs;
 pub mod clients;
 pub mod procs;
 pub mod raw;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,11 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Window used to prove that something does NOT happen.
 pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A fresh temporary directory, left for the test to remove (process tests own their files).
+pub fn tempdir(tag: &str) -> PathBuf {
+    TempDir::new(tag).keep()
+}
 
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
@@ -40,6 +46,13 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Keep the directory (no removal on drop); its path.
+    pub fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
     }
 
     /// `path()` joined with `name`, as a string for config text.

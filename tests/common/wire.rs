@@ -1,66 +1,16 @@
-//! Test harness: in-process nodes on ephemeral ports with temp data dirs, a raw MQTT client on
-//! the broker's own codec (for byte-exact reason codes), and bounded waits.
-#![allow(dead_code)]
+//! A raw MQTT client speaking through the broker's own codec, packet by packet (`Raw`), and
+//! the packets tests build with it. (`raw.rs` is the event-style client with `Got`.)
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use strait::config::Config;
 use strait::mqtt::codec;
 use strait::mqtt::packet::*;
-use strait::node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub const WAIT: Duration = Duration::from_secs(5);
-
-pub fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("strait-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-pub struct TestNode {
-    pub node: Node,
-    pub mqtt: SocketAddr,
-    pub api: SocketAddr,
-    pub dir: PathBuf,
-}
-
-/// Start a node in `dir` with extra HOCON appended to the test defaults.
-pub async fn start_in(dir: &Path, extra: &str) -> TestNode {
-    let text = format!(
-        "node.data_dir = \"{}\"\nlisteners.tcp.default.bind = \"127.0.0.1:0\"\napi.bind = \"127.0.0.1:0\"\n{extra}",
-        dir.join("data").display()
-    );
-    let cfg = Config::parse_str(&text, "test", std::iter::empty()).unwrap_or_else(|e| panic!("test config: {e}"));
-    let node = Node::start(cfg).await.unwrap_or_else(|e| panic!("node start: {e}"));
-    let mqtt = node.listener("tcp.default").expect("tcp.default bound");
-    let api = node.api_addr.expect("api bound");
-    TestNode { node, mqtt, api, dir: dir.to_path_buf() }
-}
-
-pub async fn start(extra: &str) -> TestNode {
-    start_in(&tempdir("node"), extra).await
-}
-
-impl TestNode {
-    pub async fn stop(self) -> PathBuf {
-        self.node.shutdown().await;
-        self.dir
-    }
-}
-
-/// Poll `cond` until it holds or `timeout` passes; panics naming `what`.
-pub async fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration, what: &str) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use super::WAIT;
 
 /// A raw MQTT client speaking through the broker's codec.
 pub struct Raw {
