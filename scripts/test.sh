@@ -12,6 +12,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # test certificates (TLS listeners, links and node-to-node TLS)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# the dashboard's browser test (headless)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # jepsen's clock-skew scenario (not in the CI selection, but `strait-jepsen run --all` uses it).
 [ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then

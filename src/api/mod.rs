@@ -76,6 +76,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v5/cluster/links/link/{name}/metrics", get(link_metrics))
         .route("/api/v5/log", get(log_level).put(set_log_level))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Redirect::to("/dashboard") }))
+        .route("/dashboard", get(dashboard))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such endpoint"})))
         })
@@ -90,11 +92,21 @@ pub fn router(state: ApiState) -> Router {
 async fn guard(State(s): State<ApiState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let headers = req.headers();
     // Health checks: alive, and ready (for a load balancer or a Kubernetes readiness probe).
-    let open = matches!(req.uri().path(), "/api/v5/status" | "/api/v5/ready");
+    // (The dashboard page is static: the data it shows comes through the API, with a key.)
+    let open = matches!(req.uri().path(), "/api/v5/status" | "/api/v5/ready" | "/dashboard" | "/");
     if !open && !s.keys.is_empty() && !authorized(&s.keys, headers.get(header::AUTHORIZATION)) {
         s.broker.metrics.api_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body =
             json!({"code": "BAD_API_KEY_OR_SECRET", "message": "this API needs an API key: HTTP Basic key:secret"});
+        // A page's own request (the dashboard's fetch) gets no challenge: a browser would put
+        // up its login dialog instead of letting the page ask for the key.
+        let from_script = headers
+            .get("sec-fetch-mode")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| !m.eq_ignore_ascii_case("navigate"));
+        if from_script {
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"strait\"")], Json(body))
             .into_response();
     }
@@ -161,6 +173,24 @@ async fn ready(State(s): State<ApiState>) -> Response {
     let ok = s.cluster().is_none_or(|c| c.available());
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"ready": ok}))).into_response()
+}
+
+/// The dashboard: one static page compiled into the binary (no build step, nothing fetched
+/// from elsewhere). It asks for the API key (or takes `#key=KEY:SECRET`) and polls the API.
+async fn dashboard() -> Response {
+    const PAGE: &str = include_str!("dashboard.html");
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// This node's log filter.
