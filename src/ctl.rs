@@ -286,7 +286,7 @@ fn dispatch(api: &Api, what: What, as_json: bool) -> Result<bool, Fail> {
         }
         What::Links { op: LinkOp::List } => {
             let v = api.call("GET", "/api/v5/cluster/links", None)?;
-            let links = v["data"].as_array().cloned().unwrap_or_default();
+            let links = v.as_array().or_else(|| v["data"].as_array()).cloned().unwrap_or_default();
             if as_json {
                 pretty(&json!(links));
             } else {

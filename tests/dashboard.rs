@@ -69,7 +69,7 @@ async fn the_dashboard_shows_the_nodes_and_a_failing_link_in_a_real_browser() {
         || {
             let Some((200, body)) = http(api, "GET", "/api/v5/cluster/links", None) else { return false };
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let e = v["data"][0]["last_error"].as_str().unwrap_or_default().to_string();
+            let e = v[0]["last_error"].as_str().unwrap_or_default().to_string();
             *error.lock().unwrap_or_else(|e| e.into_inner()) = e.clone();
             !e.is_empty()
         },

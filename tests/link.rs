@@ -529,7 +529,7 @@ async fn link_error(c: &ProcCluster, name: &str, want: &str) -> String {
     while std::time::Instant::now() < deadline {
         if let Some((200, body)) = common::procs::http_get(c.nodes[0].api, "/api/v5/cluster/links") {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if let Some(l) = v["data"].as_array().and_then(|a| a.iter().find(|l| l["name"] == name)) {
+            if let Some(l) = v.as_array().and_then(|a| a.iter().find(|l| l["name"] == name)) {
                 last = l["last_error"].as_str().unwrap_or("").to_string();
                 if last.contains(want) {
                     return last;

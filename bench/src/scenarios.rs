@@ -474,7 +474,7 @@ async fn wait_links(d: &Deployment) -> anyhow::Result<()> {
                 brokers::http_get(*a, "/api/v5/cluster/links")
                     .ok()
                     .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-                    .is_some_and(|v| v["data"][0]["status"] == "connected")
+                    .is_some_and(|v| v[0]["status"] == "connected")
             });
             up += any as usize;
         }

@@ -342,7 +342,7 @@ impl Db {
                     http_get(api_addr(*id), "/api/v5/cluster/links")
                         .ok()
                         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-                        .is_some_and(|v| v["data"][0]["status"] == "connected")
+                        .is_some_and(|v| v[0]["status"] == "connected")
                 })
             });
             if up {

@@ -49,7 +49,8 @@ pub(super) async fn leader_links(s: &ApiState, max_routes: usize) -> Vec<serde_j
         let all = if max_routes == usize::MAX { "&routes=all" } else { "" };
         let path = format!("/api/v5/cluster/links?local=true{all}");
         if let Some(v) = http_get_json(&api, &path, s.own.as_deref()).await {
-            if let Some(data) = v["data"].as_array() {
+            // (A leader of the previous release answers `{data, meta}`.)
+            if let Some(data) = v.as_array().or_else(|| v["data"].as_array()) {
                 return data.clone();
             }
         }
@@ -80,7 +81,8 @@ pub(super) async fn http_get_json(addr: &str, path: &str, auth: Option<&str>) ->
 pub(super) async fn links(State(s): State<ApiState>, q: axum::extract::Query<LinksQuery>) -> Json<serde_json::Value> {
     let data =
         if q.local == Some(true) { local_links(&s, q.max_routes()) } else { leader_links(&s, q.max_routes()).await };
-    Json(json!({ "data": data, "meta": { "count": data.len() } }))
+    // A JSON array, as EMQX answers (its scripts index it directly).
+    Json(json!(data))
 }
 
 pub(super) fn link_not_found(name: &str) -> Response {

@@ -278,7 +278,7 @@ impl ProcCluster {
             for i in 0..self.nodes.len() {
                 let Some((200, body)) = http_get(self.nodes[i].api, "/api/v5/cluster/links") else { continue };
                 let Ok(v) = serde_json::from_str::<Value>(&body) else { continue };
-                let Some(l) = v["data"].as_array().and_then(|a| a.iter().find(|l| l["name"] == name).cloned()) else {
+                let Some(l) = v.as_array().and_then(|a| a.iter().find(|l| l["name"] == name).cloned()) else {
                     continue;
                 };
                 let routed = route.is_none_or(|r| l["routes"].as_array().is_some_and(|rs| rs.iter().any(|x| x == r)));
@@ -335,7 +335,7 @@ impl ProcCluster {
                             "published": l["messages_published"], "dup": l["messages_duplicate"], "connects": l["connects"],
                             "error": l["last_error"]})
                     };
-                    v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
+                    v.as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
                 });
             let clients =
                 http_get(n.api, "/api/v5/clients").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok()).map(|v| {
@@ -343,7 +343,7 @@ impl ProcCluster {
                         json!({"id": c["clientid"], "connected": c["connected"], "node": c["node_id"],
                             "mqueue": c["mqueue_len"], "inflight": c["inflight_cnt"], "dropped": c["mqueue_dropped"]})
                     };
-                    v["data"].as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
+                    v.as_array().map(|a| a.iter().map(pick).collect::<Vec<_>>()).unwrap_or_default()
                 });
             out.push_str(&format!(
                 "\n  {}@{}: links {} clients {}",
