@@ -129,3 +129,30 @@ async fn a_node_whose_store_was_truncated_refuses_to_start() {
     let log = std::fs::read_to_string(&c.nodes[1].log).unwrap_or_default();
     assert!(log.contains("the store is damaged"), "B says its store is damaged: {log}");
 }
+
+/// A single node's store emptied (sled opens it as a new one) is refused, not served empty; a
+/// removed data directory is a fresh start.
+#[tokio::test]
+async fn a_single_node_whose_store_was_emptied_refuses_to_start() {
+    init();
+    let n = common::start("").await;
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "writer").await;
+    let mut m = publish("single/kept", QoS::AtLeastOnce, b"kept", 1);
+    m.retain = true;
+    assert_eq!(p.publish(m).await, 0, "PUBACK");
+    drop(p);
+    let dir = n.stop().await;
+    let config = || {
+        strait::config::Config::parse_str(&common::config_text(dir.path(), ""), "test", std::iter::empty())
+            .expect("config")
+    };
+    let db = dir.path().join("data/db");
+    std::fs::OpenOptions::new().write(true).open(&db).and_then(|f| f.set_len(0)).expect("empty the store");
+    match strait::node::Node::start(config()).await {
+        Ok(_) => panic!("a node with an emptied store started"),
+        Err(e) => assert!(e.to_string().contains("the store is damaged"), "says why: {e}"),
+    }
+    std::fs::remove_dir_all(dir.path().join("data")).expect("remove the data directory");
+    let node = strait::node::Node::start(config()).await.expect("a removed data directory starts afresh");
+    node.shutdown().await;
+}

@@ -28,7 +28,14 @@ pub enum StorageError {
     Decode(#[from] bincode::error::DecodeError),
     #[error("storage: unknown format version {0}")]
     Version(u8),
+    #[error("storage at {path}: the store is damaged: {why}")]
+    Damaged { path: String, why: String },
 }
+
+/// A file beside sled's naming the store that lives in this directory (the same id is inside
+/// the store): sled opens an emptied or deleted store as a new one, and without this the node
+/// would start on it with its sessions and retained messages gone, saying nothing.
+const MARKER: &str = "strait-store";
 
 #[derive(Clone)]
 pub struct Storage {
@@ -61,6 +68,53 @@ fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
     }
 }
 
+/// The store in `dir` must be the one its marker names. A new directory gets a new id (in the
+/// store, flushed, then in the marker); a store from before markers gets its marker.
+fn check_identity(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
+    let path = dir.join(MARKER);
+    let damaged = |why: String| StorageError::Damaged { path: dir.display().to_string(), why };
+    let in_file = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(damaged(format!("cannot read {}: {e}", path.display()))),
+    };
+    let meta = db.open_tree("meta")?;
+    let in_store = meta.get("store_id")?.map(|v| String::from_utf8_lossy(&v).to_string());
+    match (in_file, in_store) {
+        (Some(f), Some(s)) if f == s => Ok(()),
+        (Some(f), None) => Err(damaged(format!(
+            "{} says this directory holds store {f}, but the sled store in it is new (its files were \
+             emptied, deleted or replaced). It is not served empty: restore the directory from a backup, \
+             or remove the whole directory to start afresh",
+            path.display()
+        ))),
+        (Some(f), Some(s)) => Err(damaged(format!(
+            "{} names store {f}, but the sled store in it is store {s} (files from two stores mixed)",
+            path.display()
+        ))),
+        (None, found) => {
+            let id = match found {
+                Some(s) => s,
+                None => {
+                    let id = format!("{:016x}", rand::random::<u64>());
+                    meta.insert("store_id", id.as_bytes())?;
+                    db.flush()?;
+                    id
+                }
+            };
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                writeln!(f, "{id}")?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| damaged(format!("cannot write {}: {e}", path.display())))
+        }
+    }
+}
+
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
         let cfg = sled::Config::new()
@@ -82,6 +136,7 @@ impl Storage {
                 r => break r.map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?,
             }
         };
+        check_identity(dir, &db)?;
         let sessions = db.open_tree("sessions")?;
         let retained = db.open_tree("retained")?;
         Ok(Storage { db, sessions, retained })
