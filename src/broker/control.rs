@@ -186,7 +186,8 @@ pub trait LinkHooks: Send + Sync + 'static {
     /// session holds here (sorted), within `budget` bytes.
     fn accepted(
         &self,
-        hello: &LinkHello<'_>,
+        client_id: &str,
+        user_properties: &[(String, String)],
         session_present: bool,
         routes: &[&String],
         budget: usize,

@@ -57,11 +57,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut why: Option<String> = None;
         // Another cluster's link client names its cluster: cluster linking judges it.
         let reserved_by = self.broker.session(&client_id).and_then(|s| s.link_remote());
-        let hello = |client_id| LinkHello {
+        let hello = LinkHello {
             user_properties: &c.properties.user_properties,
             username: c.username.as_deref(),
             password: c.password.as_deref(),
-            client_id,
+            client_id: &client_id,
             on_link_listener: self.link_only,
             reserved_by: reserved_by.as_deref(),
         };
@@ -69,7 +69,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             _ if c.properties.authentication_method.is_some() => {
                 Admission::Refused { code: reason::BAD_AUTHENTICATION_METHOD, why: None, bad_credentials: false }
             }
-            Some(h) => h.admit(&hello(&client_id)),
+            Some(h) => h.admit(&hello),
             None if self.link_only => {
                 Admission::Refused { code: reason::NOT_AUTHORIZED, why: None, bad_credentials: false }
             }
@@ -87,20 +87,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 None
             }
         };
-        if fail.is_some() {
-        } else if client_id.starts_with(crate::broker::LINK_PUBLISHER) {
-            // (`$link:` names the origin of messages that came over a cluster link.)
-            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        } else if client_id.len() > cfg.max_clientid_len {
-            self.broker.metrics.limit_hit(crate::metrics::Limit::ClientIdLength);
-            fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        } else if client_id.is_empty() {
-            if !v5 && !c.clean_start {
+        if fail.is_none() {
+            if client_id.starts_with(crate::broker::LINK_PUBLISHER) {
+                // (`$link:` names the origin of messages that came over a cluster link.)
                 fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
-            } else {
-                client_id = format!("strait-{:016x}", rand::random::<u64>());
-                if v5 {
-                    assigned = Some(client_id.clone());
+            } else if client_id.len() > cfg.max_clientid_len {
+                self.broker.metrics.limit_hit(crate::metrics::Limit::ClientIdLength);
+                fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
+            } else if client_id.is_empty() {
+                if !v5 && !c.clean_start {
+                    fail = Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
+                } else {
+                    client_id = format!("strait-{:016x}", rand::random::<u64>());
+                    if v5 {
+                        assigned = Some(client_id.clone());
+                    }
                 }
             }
         }
@@ -248,16 +249,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             let mut routes: Vec<&String> = st.subscriptions.keys().collect();
             routes.sort();
             let budget = max_out.min(h.max_connack()).saturating_sub(1024);
-            let reserved_by = attached.session.link_remote();
-            let hello = LinkHello {
-                user_properties: &c.properties.user_properties,
-                username: c.username.as_deref(),
-                password: None,
-                client_id: &client_id,
-                on_link_listener: self.link_only,
-                reserved_by: reserved_by.as_deref(),
-            };
-            props.user_properties.extend(h.accepted(&hello, attached.session_present, &routes, budget));
+            let present = attached.session_present;
+            props.user_properties.extend(h.accepted(
+                &client_id,
+                &c.properties.user_properties,
+                present,
+                &routes,
+                budget,
+            ));
         }
         let ack = ConnAck { session_present: attached.session_present, code: reason::SUCCESS, properties: props };
         codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);

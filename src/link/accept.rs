@@ -95,12 +95,13 @@ impl LinkHooks for Registry {
 
     fn accepted(
         &self,
-        h: &LinkHello<'_>,
+        client_id: &str,
+        user_properties: &[(String, String)],
         session_present: bool,
         routes: &[&String],
         budget: usize,
     ) -> Vec<(String, String)> {
-        let prop = |k: &str| h.user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let prop = |k: &str| user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         tracing::info!(
             remote = prop(LINK_PROPERTY).unwrap_or("?"),
             actor = prop(LINK_ACTOR_PROPERTY).unwrap_or("?"),
@@ -115,7 +116,7 @@ impl LinkHooks for Registry {
         for f in routes {
             let cost = 5 + LINK_ROUTE_PROPERTY.len() + f.len();
             if cost > budget {
-                tracing::warn!(client_id = %h.client_id, "link.routes: the route list does not fit the CONNACK; cut short");
+                tracing::warn!(client_id, "link.routes: the route list does not fit the CONNACK; cut short");
                 out.push((LINK_ROUTES_CUT_PROPERTY.to_string(), String::new()));
                 break;
             }
