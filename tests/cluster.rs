@@ -163,6 +163,48 @@ async fn a_persistent_session_survives_the_sigkill_of_its_node() {
     back.no_publish(Duration::from_millis(500), "no duplicates").await;
 }
 
+/// Inbound QoS 2 exactly once through a failover: the publisher's node commits a QoS 2
+/// message and dies before the client sees PUBREC; the client resends it (DUP, same packet id)
+/// to another node. Neither a connected subscriber nor a persistent one gets it twice, and the
+/// release (PUBREL) on the new node completes the flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_resend_to_another_node_after_its_node_died_is_delivered_once() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    c.wait_ready(&[0, 1, 2]).await;
+    let [p1, p2, p3] = [c.nodes[0].mqtt, c.nodes[1].mqtt, c.nodes[2].mqtt];
+
+    let (mut live, _) = v5_ok(p3, "q2-live", true, 0).await;
+    assert_eq!(live.subscribe("x2/#", QoS::ExactlyOnce).await, vec![2]);
+    let (mut keep, _) = v5_ok(p2, "q2-keep", false, 600).await;
+    assert_eq!(keep.subscribe("x2/#", QoS::ExactlyOnce).await, vec![2]);
+    keep.disconnect().await;
+
+    let (mut pubr, _) = v5_ok(p1, "q2-pub", false, 600).await;
+    pubr.send(&Packet::Publish(publish("x2/a", QoS::ExactlyOnce, b"once", 7))).await;
+    // Delivered means committed; the publisher never reads its PUBREC (as if it was lost).
+    let got = receive(&mut live, 1).await;
+    assert_eq!(got[0].0, "once");
+    tracing::info!("== committed; killing the publisher's node");
+    c.kill(0);
+    c.wait_ready(&[1, 2]).await;
+
+    let (mut again, present) = v5_ok(p2, "q2-pub", false, 600).await;
+    assert!(present, "the publisher's session is resumed on another node");
+    let mut dup = publish("x2/a", QoS::ExactlyOnce, b"once", 7);
+    dup.dup = true;
+    assert!(again.publish(dup).await < 0x80, "the resend is acknowledged (PUBREC, PUBREL, PUBCOMP)");
+    assert_eq!(again.publish(publish("x2/b", QoS::ExactlyOnce, b"marker", 8)).await, 0);
+    let got = receive(&mut live, 1).await;
+    assert_eq!(got[0].0, "marker", "the resend was not delivered again to the connected subscriber");
+
+    let (mut back, present) = v5_ok(p3, "q2-keep", false, 600).await;
+    assert!(present);
+    let got: Vec<String> = receive(&mut back, 2).await.into_iter().map(|g| g.0).collect();
+    assert_eq!(got, vec!["once".to_string(), "marker".to_string()], "the persistent subscriber's queue");
+    back.no_publish(Duration::from_millis(500), "no duplicate in the persistent queue").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_refuses_connects_and_commits_and_serves_again_after_healing() {
     init();

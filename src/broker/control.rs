@@ -63,6 +63,24 @@ pub enum Op {
         client_id: String,
         seqs: Vec<u64>,
     },
+    /// Deliveries to sessions without a replicated queue, made by each session's node when it
+    /// applies this (so they happen once, with the commit, wherever the session lives).
+    Deliver {
+        msg: Message,
+        targets: Vec<Target>,
+    },
+    /// An inbound QoS 2 message (`ops`: its Enqueue, Retain, Deliver): applied only if the
+    /// session has not received `pkid` before; else `Outcome::Duplicate`.
+    Received {
+        client_id: String,
+        pkid: u16,
+        ops: Vec<Op>,
+    },
+    /// PUBREL of `pkid`: `Outcome::Stale` if the session did not hold it.
+    Released {
+        client_id: String,
+        pkid: u16,
+    },
 }
 
 /// One session a message goes to (in `Enqueue`, and in the cluster's `Deliver`).
@@ -90,7 +108,7 @@ pub enum Outcome {
     Enqueued {
         congested: Option<(String, Congestion)>,
     },
-    /// Seen before (a redelivery over a link), nothing happened.
+    /// Seen before (a redelivery over a link, a QoS 2 resend), nothing happened.
     Duplicate,
 }
 

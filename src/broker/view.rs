@@ -24,6 +24,8 @@ pub struct SessionMeta {
     pub expiry_interval: u32,
     /// The session of another cluster's link client: that cluster's name.
     pub link: Option<String>,
+    /// Inbound QoS 2 packet ids received and not yet released.
+    pub received: Vec<u16>,
 }
 
 impl Broker {
@@ -87,6 +89,8 @@ impl Broker {
             st.expiry_interval = meta.expiry_interval;
             st.inflight.clear();
             st.queue = queue.into_iter().map(|(_, d)| d).collect();
+            // A QoS 2 message the client resends (DUP) is answered PUBREC, not routed again.
+            st.awaiting_rel = meta.received.into_iter().collect();
             drop(st);
             s.notify.notify_one();
         }

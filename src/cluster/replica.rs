@@ -31,6 +31,11 @@ impl Cluster {
                 Command::Enqueue { msg, targets, bound }
             }
             Op::Ack { client_id, seqs } => Command::Ack { client_id, seqs },
+            Op::Deliver { msg, targets } => Command::Deliver { msg, targets },
+            Op::Received { client_id, pkid, ops } => {
+                Command::Received { client_id, pkid, cmds: ops.into_iter().map(|op| self.command(op)).collect() }
+            }
+            Op::Released { client_id, pkid } => Command::Released { client_id, pkid },
         }
     }
 

@@ -7,7 +7,7 @@
 //! advances `view`; a connection that made a change waits until its node's view has reached it
 //! before it acknowledges (read-your-writes on the local view).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ pub use crate::broker::view::SessionMeta;
 use crate::mqtt::packet::{Protocol, Will};
 
 /// Format of `Command`s and snapshots (behind strait-raft's own version byte).
-pub const STATE_FORMAT: u8 = 3;
+pub const STATE_FORMAT: u8 = 4;
 
 pub use super::seen::Seen;
 
@@ -56,6 +56,9 @@ pub struct SessionEntry {
     /// Bytes in `queue` (by `queued_size`); derived, recomputed on restore.
     #[serde(skip)]
     pub queue_bytes: u64,
+    /// Packet ids of inbound QoS 2 messages applied and not yet released (PUBREL): a resend
+    /// to any node is recognised (at most 65,535, the packet id space).
+    pub received: BTreeSet<u16>,
 }
 
 impl SessionEntry {
@@ -63,7 +66,7 @@ impl SessionEntry {
         self.expiry_interval > 0
     }
 
-    fn recount(&mut self) {
+    pub(super) fn recount(&mut self) {
         self.queue_bytes = self.queue.values().map(queued_size).sum();
     }
 }
@@ -171,6 +174,19 @@ pub enum Command {
         msg: Message,
         targets: Vec<Target>,
     },
+    /// An inbound QoS 2 PUBLISH of `client_id` with `pkid`: `cmds` (its Enqueue, Retain and
+    /// Deliver) apply only if the session has not received `pkid` already. A client that
+    /// resends after its node died (DUP, to another node) gets it applied once.
+    Received {
+        client_id: String,
+        pkid: u16,
+        cmds: Vec<Command>,
+    },
+    /// PUBREL: the client may reuse `pkid`.
+    Released {
+        client_id: String,
+        pkid: u16,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +275,7 @@ impl From<&SessionEntry> for SessionMeta {
             protocol: e.protocol,
             expiry_interval: e.expiry_interval,
             link: e.link.clone(),
+            received: e.received.iter().copied().collect(),
         }
     }
 }
@@ -320,6 +337,7 @@ impl ClusterState {
                             queue: BTreeMap::new(),
                             dropped: 0,
                             queue_bytes: 0,
+                            received: BTreeSet::new(),
                         },
                     ),
                 };
@@ -523,6 +541,29 @@ impl ClusterState {
                 Outcome::Done
             }
             Command::Barrier => Outcome::Done,
+            Command::Received { client_id, pkid, cmds } => {
+                if let Some(e) = s.sessions.get_mut(&client_id) {
+                    if !e.received.insert(pkid) {
+                        return (Outcome::Duplicate, out);
+                    }
+                }
+                // (No session: its connection is gone with its node; applied, nothing recorded.)
+                let mut outcome = Outcome::Done;
+                for c in cmds {
+                    let (o, mut ch) = self.apply_one(c);
+                    out.append(&mut ch);
+                    if matches!(o, Outcome::Enqueued { .. }) {
+                        outcome = o;
+                    }
+                }
+                outcome
+            }
+            Command::Released { client_id, pkid } => {
+                match s.sessions.get_mut(&client_id).map(|e| e.received.remove(&pkid)) {
+                    Some(true) => Outcome::Done,
+                    _ => Outcome::Stale,
+                }
+            }
             Command::Deliver { msg, targets } => {
                 let msg = Arc::new(msg);
                 for t in targets {
@@ -538,51 +579,8 @@ impl ClusterState {
     }
 }
 
-impl strait_raft::StateMachine for ClusterState {
-    type Command = Command;
-    type Response = Response;
-    /// The view reached and what the batch changed.
-    type Event = (u64, Vec<Change>);
-
-    fn apply(&mut self, batch: Vec<Command>, events: &mut Vec<(u64, Vec<Change>)>) -> Vec<Response> {
-        let mut responses = Vec::with_capacity(batch.len());
-        let mut changes = Vec::new();
-        for cmd in batch {
-            let (outcome, mut c) = self.apply_one(cmd);
-            self.s.view += 1;
-            changes.append(&mut c);
-            responses.push(Response { view: self.s.view, outcome });
-        }
-        events.push((self.s.view, changes));
-        responses
-    }
-
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let mut out = vec![STATE_FORMAT];
-        let body = bincode::serde::encode_to_vec(&self.s, bincode::config::standard())
-            .map_err(|e| format!("cluster state snapshot: {e}"))?;
-        out.extend(body);
-        Ok(out)
-    }
-
-    fn restore(&mut self, bytes: &[u8], events: &mut Vec<(u64, Vec<Change>)>) -> Result<(), String> {
-        let s: Snapshot = match bytes.split_first() {
-            Some((&STATE_FORMAT, rest)) => {
-                bincode::serde::decode_from_slice(rest, bincode::config::standard())
-                    .map_err(|e| format!("cluster state snapshot: {e}"))?
-                    .0
-            }
-            Some((v, _)) => return Err(format!("cluster state snapshot: unknown format {v}")),
-            None => return Err("cluster state snapshot: empty".into()),
-        };
-        self.s = s;
-        for e in self.s.sessions.values_mut() {
-            e.recount();
-        }
-        events.push((self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]));
-        Ok(())
-    }
-}
+#[path = "format.rs"]
+mod format;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

@@ -203,3 +203,51 @@ fn deleting_a_link_ends_the_session_of_its_link_client() {
     assert!(matches!(st.apply_one(create.clone()).0, Outcome::Done));
     assert!(matches!(st.apply_one(create).0, Outcome::Stale), "a second create of one name");
 }
+
+#[test]
+fn a_qos2_message_applies_once_per_packet_id_until_released() {
+    let mut st = ClusterState::default();
+    persistent(&mut st, "pub", 1);
+    persistent(&mut st, "sub", 2);
+    let received = |pkid| Command::Received {
+        client_id: "pub".into(),
+        pkid,
+        cmds: vec![Command::Enqueue {
+            msg: msg("t"),
+            targets: vec![target("sub")],
+            bound: QueueBound { max_len: 100, max_bytes: 0, drop_oldest: true },
+        }],
+    };
+    assert!(matches!(st.apply_one(received(7)).0, Outcome::Enqueued { .. }));
+    assert!(matches!(st.apply_one(received(7)).0, Outcome::Duplicate), "a resend (DUP) is recognised");
+    assert_eq!(queued(&st, "sub").len(), 1);
+
+    // The set travels in snapshots (a node that restores one still recognises the resend).
+    let mut copy = ClusterState::default();
+    copy.restore(&st.snapshot().expect("snapshot"), &mut Vec::new()).expect("restore");
+    assert!(matches!(copy.apply_one(received(7)).0, Outcome::Duplicate));
+
+    assert!(matches!(st.apply_one(Command::Released { client_id: "pub".into(), pkid: 7 }).0, Outcome::Done));
+    assert!(matches!(st.apply_one(Command::Released { client_id: "pub".into(), pkid: 7 }).0, Outcome::Stale));
+    assert!(matches!(st.apply_one(received(7)).0, Outcome::Enqueued { .. }), "released: the id is new again");
+    assert_eq!(queued(&st, "sub").len(), 2);
+
+    // A clean start forgets it; a session's takeover tells the new owner what it holds.
+    persistent(&mut st, "pub", 3);
+    assert!(st.s.sessions["pub"].received.is_empty());
+}
+
+#[test]
+fn a_format_3_snapshot_is_still_read() {
+    let mut st = ClusterState::default();
+    st.apply_one(Command::Retain { msg: msg("kept") });
+    let mut bytes = st.snapshot().expect("snapshot");
+    // Without sessions, formats 3 and 4 encode the same.
+    bytes[0] = 3;
+    let mut copy = ClusterState::default();
+    copy.restore(&bytes, &mut Vec::new()).expect("a format 3 snapshot restores");
+    assert!(copy.s.retained.contains_key("kept"));
+    bytes[0] = 9;
+    let e = copy.restore(&bytes, &mut Vec::new()).expect_err("unknown format");
+    assert!(e.contains("unknown format 9"), "{e}");
+}

@@ -33,6 +33,12 @@ pub(super) enum After {
     PubRel {
         pkid: u16,
     },
+    /// PUBCOMP for an inbound QoS 2 message, once its release is committed; `found`: this
+    /// node's view held the packet id.
+    PubComp {
+        pkid: u16,
+        found: bool,
+    },
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
@@ -120,6 +126,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
                 }
                 codec::encode(&Packet::PubRel(PubResp::new(pkid, reason::SUCCESS)), live.protocol, &mut self.outbuf);
+            }
+            After::PubComp { pkid, found } => {
+                match failed {
+                    Some(e) => {
+                        // Not released: the client sends PUBREL again (to a node that can
+                        // commit), the packet id still held.
+                        tracing::info!(peer = %self.peer, error = %e, "QoS 2 release not committed");
+                        return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
+                    }
+                    None => {
+                        let held = found || !matches!(r.as_ref().map(|v| v.first()), Ok(Some(Outcome::Stale)));
+                        let code = if held { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                        codec::encode(&Packet::PubComp(PubResp::new(pkid, code)), live.protocol, &mut self.outbuf);
+                    }
+                }
             }
             After::UnsubAck { packet_id, mut codes, committed } => {
                 if failed.is_some() {

@@ -193,6 +193,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     st.dirty = true;
                     st.awaiting_rel.remove(&r.packet_id)
                 };
+                if let Some(c) = self.broker.replica() {
+                    // PUBCOMP lets the client reuse the packet id: only once no node would
+                    // take its next message under that id for a resend.
+                    let op = Op::Released { client_id: live.client_id.to_string(), pkid: r.packet_id };
+                    let rx = c.commit(vec![op]);
+                    live.pending.push_back(Pending::Wait(rx, After::PubComp { pkid: r.packet_id, found }));
+                    return None;
+                }
                 let code = if found { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
                 self.send(live, Packet::PubComp(PubResp::new(r.packet_id, code)));
             }
@@ -344,6 +352,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             } else {
                 // A client that cannot be told: delivered, not retained.
                 msg.retain &= !unretainable;
+                if qos == QoS::ExactlyOnce {
+                    if let Some(c) = self.broker.replica() {
+                        self.publish_exactly_once(live, &*c, Arc::new(msg), pkid, code);
+                        return None;
+                    }
+                }
                 let published = self.broker.publish(Arc::new(msg));
                 if let Some(slow) = published.congested {
                     // Never wait on our own queue: only this task drains it.
@@ -378,6 +392,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
         }
         None
+    }
+
+    /// A QoS 2 message in a cluster: everything it does (queued, retained, delivered to
+    /// connected sessions on each node) is one commit applied once per packet id of the
+    /// session, so a resend after this node died (DUP, to another node) is not routed twice.
+    fn publish_exactly_once(&mut self, live: &mut Live, c: &dyn Replica, msg: Arc<Message>, pkid: u16, code: u8) {
+        let (published, deferred) = self.broker.publish_deferred(msg.clone());
+        let mut ops = published.ops;
+        let targets: Vec<Target> = deferred.into_iter().map(Deferred::into_target).collect();
+        if !targets.is_empty() {
+            ops.push(Op::Deliver { msg: (*msg).clone(), targets });
+        }
+        let rx = c.commit(vec![Op::Received { client_id: live.client_id.to_string(), pkid, ops }]);
+        live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos: QoS::ExactlyOnce, code }));
     }
 
     pub(super) fn on_subscribe(&mut self, live: &mut Live, s: Subscribe) -> Option<Close> {

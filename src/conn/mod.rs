@@ -21,11 +21,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::AclAction;
-use crate::broker::control::{Admission, Commit, CommitError, LinkAuth, LinkHello, LinkHooks, Op, Outcome};
+use crate::broker::control::{
+    Admission, Commit, CommitError, LinkAuth, LinkHello, LinkHooks, Op, Outcome, Replica, Target,
+};
 use crate::broker::message::{now_ms, Delivery, Message};
 use crate::broker::session::{Inflight, Kick, Session};
 use crate::broker::Attached;
-use crate::broker::{granted_qos, Broker};
+use crate::broker::{granted_qos, Broker, Deferred};
 use crate::metrics::inc;
 use crate::mqtt::codec::{self, CodecError};
 use crate::mqtt::packet::{reason, *};

@@ -1,0 +1,127 @@
+//! The state machine as strait-raft runs it: apply a batch, write and restore snapshots.
+//!
+//! Snapshot formats: 4 (current), 3 (before sessions kept the packet ids of QoS 2 messages
+//! received and not yet released; read, converted with none).
+
+use super::*;
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| format!("cluster state snapshot: {e}"))
+}
+
+impl strait_raft::StateMachine for ClusterState {
+    type Command = Command;
+    type Response = Response;
+    /// The view reached and what the batch changed.
+    type Event = (u64, Vec<Change>);
+
+    fn apply(&mut self, batch: Vec<Command>, events: &mut Vec<(u64, Vec<Change>)>) -> Vec<Response> {
+        let mut responses = Vec::with_capacity(batch.len());
+        let mut changes = Vec::new();
+        for cmd in batch {
+            let (outcome, mut c) = self.apply_one(cmd);
+            self.s.view += 1;
+            changes.append(&mut c);
+            responses.push(Response { view: self.s.view, outcome });
+        }
+        events.push((self.s.view, changes));
+        responses
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        let mut out = vec![STATE_FORMAT];
+        let body = bincode::serde::encode_to_vec(&self.s, bincode::config::standard())
+            .map_err(|e| format!("cluster state snapshot: {e}"))?;
+        out.extend(body);
+        Ok(out)
+    }
+
+    fn restore(&mut self, bytes: &[u8], events: &mut Vec<(u64, Vec<Change>)>) -> Result<(), String> {
+        let s: Snapshot = match bytes.split_first() {
+            Some((&STATE_FORMAT, rest)) => decode(rest)?,
+            Some((3, rest)) => decode::<v3::Snapshot>(rest)?.into(),
+            Some((v, _)) => return Err(format!("cluster state snapshot: unknown format {v}")),
+            None => return Err("cluster state snapshot: empty".into()),
+        };
+        self.s = s;
+        for e in self.s.sessions.values_mut() {
+            e.recount();
+        }
+        events.push((self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]));
+        Ok(())
+    }
+}
+
+/// Format 3, read only.
+mod v3 {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::super::{Seen, SessionEntry, Snapshot as Current};
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        owner: u64,
+        epoch: u64,
+        connected: bool,
+        protocol: Protocol,
+        expiry_interval: u32,
+        disconnected_at_ms: Option<u64>,
+        will: Option<Will>,
+        link: Option<String>,
+        subscriptions: BTreeMap<String, Subscription>,
+        queue: BTreeMap<u64, Delivery>,
+        dropped: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Snapshot {
+        view: u64,
+        next_seq: u64,
+        nodes: BTreeMap<u64, NodeInfo>,
+        sessions: BTreeMap<String, Entry>,
+        retained: BTreeMap<String, Message>,
+        links: BTreeMap<String, Option<String>>,
+        link_seen: BTreeMap<String, Seen>,
+    }
+
+    impl From<Snapshot> for Current {
+        fn from(s: Snapshot) -> Current {
+            let sessions = s
+                .sessions
+                .into_iter()
+                .map(|(k, e)| {
+                    let entry = SessionEntry {
+                        owner: e.owner,
+                        epoch: e.epoch,
+                        connected: e.connected,
+                        protocol: e.protocol,
+                        expiry_interval: e.expiry_interval,
+                        disconnected_at_ms: e.disconnected_at_ms,
+                        will: e.will,
+                        link: e.link,
+                        subscriptions: e.subscriptions,
+                        queue: e.queue,
+                        dropped: e.dropped,
+                        queue_bytes: 0,
+                        received: Default::default(),
+                    };
+                    (k, entry)
+                })
+                .collect();
+            Current {
+                view: s.view,
+                next_seq: s.next_seq,
+                nodes: s.nodes,
+                sessions,
+                retained: s.retained,
+                links: s.links,
+                link_seen: s.link_seen,
+            }
+        }
+    }
+}
