@@ -7,5 +7,6 @@ pub mod db;
 pub mod history;
 pub mod net;
 pub mod report;
+pub mod resend;
 pub mod run;
 pub mod workload;

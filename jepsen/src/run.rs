@@ -79,7 +79,14 @@ pub fn scenarios() -> Vec<Scenario> {
         s("pause-node", "SIGSTOP a random node", &[PauseNode], 3, 1, false),
         s("kill-leader", "SIGKILL the leader, restart it later", &[KillLeader], 3, 1, true),
         s("kill-node", "SIGKILL a random node, restart it later", &[KillNode], 3, 1, false),
-        s("kill-leader-qos2", "SIGKILL the leader under QoS 2 traffic", &[KillLeader], 3, 2, true),
+        s(
+            "kill-leader-qos2",
+            "SIGKILL the leader under QoS 2 traffic; publishers resend (DUP) on the next node",
+            &[KillLeader],
+            3,
+            2,
+            true,
+        ),
         s("clock-skew", "node clocks moved by up to ±60 s (libfaketime)", &[ClockSkew], 3, 1, false),
         s(
             "mixed",
@@ -403,15 +410,12 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         let mut nodes = pub_nodes.clone();
         let len = nodes.len();
         nodes.rotate_left(k as usize % len);
-        tasks.push(rt.spawn(workload::publisher(
-            ctx.clone(),
-            next(),
-            format!("p{k}"),
-            format!("q/{k}"),
-            s.qos,
-            nodes,
-            Duration::from_millis(10),
-        )));
+        let (p, name, topic, pace) = (next(), format!("p{k}"), format!("q/{k}"), Duration::from_millis(10));
+        // QoS 2 publishers keep their session and resend (DUP) on the next node.
+        tasks.push(match s.qos {
+            2 => rt.spawn(crate::resend::publisher(ctx.clone(), p, name, topic, nodes, pace)),
+            q => rt.spawn(workload::publisher(ctx.clone(), p, name, topic, q, nodes, pace)),
+        });
     }
     if !s.linked {
         tasks.push(rt.spawn(workload::retain_writer(
