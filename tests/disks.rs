@@ -46,8 +46,8 @@ async fn a_node_whose_store_is_wiped_refuses_to_start_and_rejoins_when_asked() {
     c.spawn(b);
     c.spawn(cc);
     let code = c.wait_exit(b, Duration::from_secs(20)).await;
-    assert_eq!(code, Some(2), "B with an empty store must refuse to start");
     let log = std::fs::read_to_string(&c.nodes[b].log).unwrap_or_default();
+    assert_eq!(code, Some(2), "B with an empty store must refuse to start; its log:\n{log}");
     assert!(log.contains("store is empty") && log.contains("DELETE"), "B says why and how to rejoin: {log}");
 
     tracing::info!("== A back: A and C serve the acknowledged message");
@@ -155,4 +155,70 @@ async fn a_single_node_whose_store_was_emptied_refuses_to_start() {
     std::fs::remove_dir_all(dir.path().join("data")).expect("remove the data directory");
     let node = strait::node::Node::start(config()).await.expect("a removed data directory starts afresh");
     node.shutdown().await;
+}
+
+/// Receive until `n` PUBLISHes came, acknowledging only the first `ack` of them; payloads.
+async fn take(s: &mut Raw, n: usize, ack: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match s.next(Duration::from_secs(5)).await {
+            Got::Packet(Packet::Publish(m)) => {
+                if got.len() < ack {
+                    s.ack(&m).await;
+                }
+                got.push(String::from_utf8_lossy(&m.payload).to_string());
+            }
+            Got::Packet(_) => {}
+            other => panic!("waiting for {} more PUBLISH (got {got:?}): {other:?}", n - got.len()),
+        }
+    }
+    got
+}
+
+/// A single node writes a session's queue as entries of their own (what changed, not the
+/// whole queue): across restarts, with some messages delivered and acknowledged, some sent and
+/// not acknowledged, and new ones added while the client was away, what the client gets back
+/// is exactly the rest, in order, once.
+#[tokio::test]
+async fn a_single_nodes_queue_survives_restarts_as_it_changes() {
+    init();
+    let n = common::start("").await;
+    let device = |n: &common::TestNode| {
+        let mut c = common::raw::connect_packet(Protocol::V5, "device");
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+        Raw::connect_with(n.mqtt, c)
+    };
+    let (mut d, _) = device(&n).await;
+    assert_eq!(d.subscribe("wq/#", QoS::AtLeastOnce).await, vec![1]);
+    d.disconnect().await;
+    n.wait_offline("device").await;
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "pub").await;
+    for i in 0..30u16 {
+        assert_eq!(p.publish(publish("wq/a", QoS::AtLeastOnce, format!("m{i}").as_bytes(), i + 1)).await, 0);
+    }
+    drop(p);
+    n.wait_queued("device", 30).await;
+    let n = n.restart().await;
+
+    let (mut d, ack) = device(&n).await;
+    assert!(ack.session_present);
+    // All 30 are sent (the window is 32); the first 10 acknowledged.
+    let got = take(&mut d, 30, 10).await;
+    assert_eq!(got, (0..30).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    d.disconnect().await;
+    n.wait_offline("device").await;
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "pub").await;
+    for i in 30..35u16 {
+        assert_eq!(p.publish(publish("wq/a", QoS::AtLeastOnce, format!("m{i}").as_bytes(), i + 1)).await, 0);
+    }
+    drop(p);
+    let n = n.restart().await;
+
+    let (mut d, ack) = device(&n).await;
+    assert!(ack.session_present);
+    let got = take(&mut d, 25, 25).await;
+    assert_eq!(got, (10..35).map(|i| format!("m{i}")).collect::<Vec<_>>(), "the rest, in order, once");
+    d.no_publish(Duration::from_millis(500), "nothing more").await;
+    n.stop().await;
 }

@@ -20,6 +20,7 @@ pub mod control;
 pub mod expiry;
 pub mod flow;
 pub mod message;
+pub mod mqueue;
 pub mod publish;
 pub mod retained;
 pub mod router;
@@ -132,14 +133,14 @@ impl Broker {
         self.metrics.retained.store(retained.len() as i64, Ordering::Relaxed);
         drop(retained);
         let mut sessions = self.lock_sessions();
-        for mut rec in storage.load_sessions()? {
+        for (mut rec, entries) in storage.load_sessions()? {
             // A session that was connected when the node died counts as disconnected now.
             let since = *rec.disconnected_at_ms.get_or_insert(now);
             if rec.expiry_interval != u32::MAX && since + u64::from(rec.expiry_interval) * 1000 <= now {
                 storage.remove_session(&rec.client_id)?;
                 continue;
             }
-            let session = rec.restore();
+            let session = rec.restore(entries);
             let subs: Vec<(String, Subscription)> =
                 session.lock().subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             for (filter, sub) in subs {

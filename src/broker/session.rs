@@ -5,7 +5,7 @@
 //! and acknowledge; never held across an `.await`. The owning connection is woken through
 //! `notify`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -80,88 +80,7 @@ pub struct QueueBound {
     pub drop_oldest: bool,
 }
 
-/// A session's outbound queue, with its size in bytes (`queued_size`) kept as it changes.
-#[derive(Debug, Default)]
-pub struct Mqueue {
-    items: VecDeque<Delivery>,
-    bytes: u64,
-}
-
-impl Mqueue {
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    pub fn front(&self) -> Option<&Delivery> {
-        self.items.front()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
-        self.items.iter()
-    }
-
-    pub fn push_back(&mut self, d: Delivery) {
-        self.bytes += queued_size(&d);
-        self.items.push_back(d);
-    }
-
-    pub fn push_front(&mut self, d: Delivery) {
-        self.bytes += queued_size(&d);
-        self.items.push_front(d);
-    }
-
-    pub fn pop_front(&mut self) -> Option<Delivery> {
-        let d = self.items.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(queued_size(&d));
-        Some(d)
-    }
-
-    pub fn remove(&mut self, pos: usize) -> Option<Delivery> {
-        let d = self.items.remove(pos)?;
-        self.bytes = self.bytes.saturating_sub(queued_size(&d));
-        Some(d)
-    }
-
-    /// Remove the durable deliveries whose replicated sequence number is in `seqs` (the oldest
-    /// of the replicated queue, evicted by its bound). Durable deliveries sit here in sequence
-    /// order, so the scan stops at the first one newer than all of `seqs`: near the front.
-    pub fn remove_seqs(&mut self, seqs: &[u64]) {
-        let Some(&newest) = seqs.iter().max() else { return };
-        let mut i = 0;
-        while i < self.items.len() {
-            match self.items[i].seq {
-                Some(s) if s > newest => break,
-                Some(s) if seqs.contains(&s) => {
-                    self.remove(i);
-                }
-                _ => i += 1,
-            }
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.items.clear();
-        self.bytes = 0;
-    }
-}
-
-impl FromIterator<Delivery> for Mqueue {
-    fn from_iter<I: IntoIterator<Item = Delivery>>(iter: I) -> Self {
-        let mut q = Mqueue::default();
-        for d in iter {
-            q.push_back(d);
-        }
-        q
-    }
-}
+pub use super::mqueue::Mqueue;
 
 pub struct SessionState {
     pub protocol: Protocol,
@@ -185,6 +104,9 @@ pub struct SessionState {
     pub username: Option<String>,
     /// Changed since last persisted.
     pub dirty: bool,
+    /// The storage keys of the queue's entries as last written (single node); None: unknown,
+    /// the next write replaces them all.
+    pub stored: Option<Vec<u64>>,
 }
 
 impl SessionState {
@@ -242,6 +164,7 @@ impl Session {
                 max_packet_size: u32::MAX,
                 username: None,
                 dirty: false,
+                stored: None,
             }),
             notify: Notify::new(),
             drained: Notify::new(),
@@ -390,7 +313,8 @@ impl SessionRecord {
             client_id: session.client_id.to_string(),
             protocol: st.protocol,
             subscriptions: st.subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            queue: st.queue.iter().cloned().collect(),
+            // (Stored as entries of their own: `Storage::write_session`.)
+            queue: Vec::new(),
             inflight: st.inflight.iter().map(|(k, v)| (*k, v.clone())).collect(),
             awaiting_rel: st.awaiting_rel.iter().copied().collect(),
             expiry_interval: st.expiry_interval,
@@ -399,12 +323,23 @@ impl SessionRecord {
         }
     }
 
-    pub fn restore(self) -> Arc<Session> {
+    /// The session again, its queue from `entries` (key, delivery) as stored, or (a record of
+    /// format 2, which held its queue) from the record, to be written anew.
+    pub fn restore(self, entries: Option<Vec<(u64, Delivery)>>) -> Arc<Session> {
         let s = Session::new(self.client_id.into(), self.protocol, self.created_at_ms);
         {
             let mut st = s.lock();
             st.subscriptions = self.subscriptions.into_iter().collect();
-            st.queue = self.queue.into_iter().collect();
+            match entries {
+                Some(entries) => {
+                    st.queue = Mqueue::from_stored(entries);
+                    st.stored = Some(st.queue.keyed().map(|(k, _)| k).collect());
+                }
+                None => {
+                    st.queue = self.queue.into_iter().collect();
+                    st.dirty = true;
+                }
+            }
             st.inflight = self.inflight.into_iter().collect();
             st.awaiting_rel = self.awaiting_rel.into_iter().collect();
             st.expiry_interval = self.expiry_interval;

@@ -214,21 +214,38 @@ impl Broker {
         self.lock_sessions().get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
     }
 
+    /// Write a dirty persistent session: its record, and of its queue only the entries added
+    /// and removed since the last write.
     pub(super) fn persist(&self, session: &Arc<Session>) {
         let Some(storage) = &self.storage else { return };
+        // One writer at a time: two writes of one session applied out of order could bring
+        // back an entry the later one removed.
+        let _writer = storage.writer();
         if !self.is_current(session) {
             return;
         }
-        let rec = {
+        let (rec, put, del, replace) = {
             let mut st = session.lock();
             if !st.is_persistent() || !st.dirty {
                 return;
             }
             st.dirty = false;
-            SessionRecord::capture(session, &st)
+            let rec = SessionRecord::capture(session, &st);
+            let (put, del, replace) = match &st.stored {
+                Some(stored) => {
+                    let (put, del) = super::mqueue::diff(&st.queue, stored);
+                    (put.into_iter().map(|(k, d)| (k, d.clone())).collect::<Vec<_>>(), del, false)
+                }
+                None => (st.queue.keyed().map(|(k, d)| (k, d.clone())).collect(), Vec::new(), true),
+            };
+            st.stored = Some(st.queue.keyed().map(|(k, _)| k).collect());
+            (rec, put, del, replace)
         };
-        if let Err(e) = storage.put_session(&rec) {
-            tracing::warn!(client_id = %session.client_id, error = %e, "storage.put_session failed");
+        if let Err(e) = storage.write_session(&rec, &put, &del, replace) {
+            tracing::warn!(client_id = %session.client_id, error = %e, "storage.write_session failed");
+            let mut st = session.lock();
+            st.stored = None;
+            st.dirty = true;
         }
     }
 

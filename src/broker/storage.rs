@@ -9,12 +9,35 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::message::Message;
+use super::message::{Delivery, Message};
 use super::session::SessionRecord;
 
-/// 2: deliveries carry the cluster queue sequence number. Retained messages did not change
-/// (version 1 still decodes); version-1 session records are skipped with a warning.
-const FORMAT_VERSION: u8 = 2;
+/// 3: a session's queued deliveries are entries of their own beside its record (which holds
+/// none), so a change writes what changed. 2: deliveries carry the cluster queue sequence
+/// number. Versions 2 and 3 decode alike (a version-2 session record holds its queue, and is
+/// written anew); retained messages of version 1 still decode; version-1 session records are
+/// skipped with a warning.
+const FORMAT_VERSION: u8 = 3;
+
+/// Queue entries share the sessions tree (one atomic batch per write): their keys start with
+/// this byte, which UTF-8 (every session record's key, a client id) never contains.
+const QUEUE_KEY: u8 = 0xFF;
+
+/// The key prefix of a session's queue entries: the marker, the client id's length and bytes.
+fn queue_prefix(client_id: &str) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut k = Vec::with_capacity(3 + id.len() + 8);
+    k.push(QUEUE_KEY);
+    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+fn queue_key(prefix: &[u8], key: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&key.to_be_bytes());
+    k
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -42,6 +65,8 @@ pub struct Storage {
     db: sled::Db,
     sessions: sled::Tree,
     retained: sled::Tree,
+    /// Held by whoever writes a session (see `writer`).
+    writer: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
@@ -52,7 +77,9 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0),
+        Some((&(2 | FORMAT_VERSION), rest)) => {
+            Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0)
+        }
         Some((v, _)) => Err(StorageError::Version(*v)),
         None => Err(StorageError::Version(0)),
     }
@@ -60,7 +87,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
 
 fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
     match bytes.split_first() {
-        Some((&(1 | FORMAT_VERSION), rest)) => {
+        Some((&(1..=FORMAT_VERSION), rest)) => {
             Ok(bincode::serde::decode_from_slice(rest, bincode::config::standard())?.0)
         }
         Some((v, _)) => Err(StorageError::Version(*v)),
@@ -139,28 +166,86 @@ impl Storage {
         check_identity(dir, &db)?;
         let sessions = db.open_tree("sessions")?;
         let retained = db.open_tree("retained")?;
-        Ok(Storage { db, sessions, retained })
+        Ok(Storage { db, sessions, retained, writer: Default::default() })
     }
 
-    pub fn put_session(&self, rec: &SessionRecord) -> Result<(), StorageError> {
-        self.sessions.insert(rec.client_id.as_bytes(), encode(rec)?)?;
-        Ok(())
+    /// Session writes go one at a time (`write_session`, `remove_session`): taken by the
+    /// caller around computing a session's changes and writing them.
+    pub fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn remove_session(&self, client_id: &str) -> Result<(), StorageError> {
-        self.sessions.remove(client_id.as_bytes())?;
-        Ok(())
-    }
-
-    pub fn load_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        let mut out = Vec::new();
-        for kv in self.sessions.iter() {
-            let (k, v) = kv?;
-            if v.first() == Some(&1) {
-                tracing::warn!(client_id = %String::from_utf8_lossy(&k), "stored session from an older format (1): dropped");
-                continue;
+    /// One atomic batch: the session's record, queue entries `put` (key, delivery) and `del`
+    /// removed; with `replace`, every other queue entry of the session removed as well.
+    pub fn write_session(
+        &self,
+        rec: &SessionRecord,
+        put: &[(u64, Delivery)],
+        del: &[u64],
+        replace: bool,
+    ) -> Result<(), StorageError> {
+        let prefix = queue_prefix(&rec.client_id);
+        let mut batch = sled::Batch::default();
+        if replace {
+            for k in self.sessions.scan_prefix(&prefix).keys() {
+                batch.remove(k?);
             }
-            out.push(decode(&v)?);
+        }
+        for k in del {
+            batch.remove(queue_key(&prefix, *k));
+        }
+        for (k, d) in put {
+            batch.insert(queue_key(&prefix, *k), encode(d)?);
+        }
+        batch.insert(rec.client_id.as_bytes(), encode(rec)?);
+        self.sessions.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Remove a session's record and queue.
+    pub fn remove_session(&self, client_id: &str) -> Result<(), StorageError> {
+        let _writer = self.writer();
+        let mut batch = sled::Batch::default();
+        for k in self.sessions.scan_prefix(queue_prefix(client_id)).keys() {
+            batch.remove(k?);
+        }
+        batch.remove(client_id.as_bytes());
+        self.sessions.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every session record, with its queue entries (key, delivery) in order; None for a
+    /// record of format 2 (its queue is inside it).
+    #[allow(clippy::type_complexity)]
+    pub fn load_sessions(&self) -> Result<Vec<(SessionRecord, Option<Vec<(u64, Delivery)>>)>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.sessions.range(..[QUEUE_KEY].as_slice()) {
+            let (k, v) = kv?;
+            let rec: SessionRecord = match v.first() {
+                Some(1) => {
+                    tracing::warn!(client_id = %String::from_utf8_lossy(&k), "stored session from an older format (1): dropped");
+                    continue;
+                }
+                Some(2) => {
+                    out.push((decode(&v)?, None));
+                    continue;
+                }
+                _ => decode(&v)?,
+            };
+            let prefix = queue_prefix(&rec.client_id);
+            let mut entries = Vec::new();
+            for kv in self.sessions.scan_prefix(&prefix) {
+                let (k, v) = kv?;
+                let key = k.get(prefix.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+                let Some(key) = key else {
+                    return Err(StorageError::Damaged {
+                        path: rec.client_id.clone(),
+                        why: format!("a queue entry of session {} has a malformed key", rec.client_id),
+                    });
+                };
+                entries.push((key, decode(&v)?));
+            }
+            out.push((rec, Some(entries)));
         }
         Ok(out)
     }
