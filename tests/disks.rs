@@ -222,3 +222,32 @@ async fn a_single_nodes_queue_survives_restarts_as_it_changes() {
     d.no_publish(Duration::from_millis(500), "nothing more").await;
     n.stop().await;
 }
+
+/// A single node's store cut part-way (sled opens what is left as if it were all) is refused:
+/// the store is below the generation its watermark file says it had flushed.
+#[tokio::test]
+async fn a_single_node_whose_store_was_truncated_refuses_to_start() {
+    init();
+    let n = common::start("").await;
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "writer").await;
+    let body = vec![b'x'; 2000];
+    for i in 0..300u16 {
+        let mut m = publish(&format!("single/t{i}"), QoS::AtLeastOnce, &body, i + 1);
+        m.retain = true;
+        assert_eq!(p.publish(m).await, 0, "PUBACK");
+    }
+    drop(p);
+    let dir = n.stop().await;
+    let db = dir.path().join("data/db");
+    let len = std::fs::metadata(&db).expect("the store's file").len();
+    std::fs::OpenOptions::new().write(true).open(&db).and_then(|f| f.set_len(len / 2)).expect("truncate");
+    let config = strait::config::Config::parse_str(&common::config_text(dir.path(), ""), "test", std::iter::empty())
+        .expect("config");
+    match strait::node::Node::start(config).await {
+        Ok(_) => panic!("a node whose store was cut to {} of {len} bytes started", len / 2),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("the store is damaged") && e.contains("generation"), "says why: {e}");
+        }
+    }
+}

@@ -55,10 +55,9 @@ impl Broker {
             }
             self.persist(&s);
         }
-        if all {
-            if let Err(e) = storage.flush() {
-                tracing::error!(error = %e, "storage.flush failed");
-            }
+        let r = if all { storage.flush() } else { storage.seal() };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "storage.flush failed");
         }
     }
 

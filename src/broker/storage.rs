@@ -39,6 +39,9 @@ fn queue_key(prefix: &[u8], key: u64) -> Vec<u8> {
     k
 }
 
+#[path = "storage_guard.rs"]
+mod guard;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage at {path}: {source}")]
@@ -51,14 +54,11 @@ pub enum StorageError {
     Decode(#[from] bincode::error::DecodeError),
     #[error("storage: unknown format version {0}")]
     Version(u8),
+    #[error("storage at {path}: {why}")]
+    Io { path: String, why: String },
     #[error("storage at {path}: the store is damaged: {why}")]
     Damaged { path: String, why: String },
 }
-
-/// A file beside sled's naming the store that lives in this directory (the same id is inside
-/// the store): sled opens an emptied or deleted store as a new one, and without this the node
-/// would start on it with its sessions and retained messages gone, saying nothing.
-const MARKER: &str = "strait-store";
 
 #[derive(Clone)]
 pub struct Storage {
@@ -67,6 +67,9 @@ pub struct Storage {
     retained: sled::Tree,
     /// Held by whoever writes a session (see `writer`).
     writer: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Written since the last seal (`seal`).
+    written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dir: std::path::PathBuf,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
@@ -95,53 +98,6 @@ fn decode_retained(bytes: &[u8]) -> Result<Message, StorageError> {
     }
 }
 
-/// The store in `dir` must be the one its marker names. A new directory gets a new id (in the
-/// store, flushed, then in the marker); a store from before markers gets its marker.
-fn check_identity(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
-    let path = dir.join(MARKER);
-    let damaged = |why: String| StorageError::Damaged { path: dir.display().to_string(), why };
-    let in_file = match std::fs::read_to_string(&path) {
-        Ok(s) => Some(s.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(damaged(format!("cannot read {}: {e}", path.display()))),
-    };
-    let meta = db.open_tree("meta")?;
-    let in_store = meta.get("store_id")?.map(|v| String::from_utf8_lossy(&v).to_string());
-    match (in_file, in_store) {
-        (Some(f), Some(s)) if f == s => Ok(()),
-        (Some(f), None) => Err(damaged(format!(
-            "{} says this directory holds store {f}, but the sled store in it is new (its files were \
-             emptied, deleted or replaced). It is not served empty: restore the directory from a backup, \
-             or remove the whole directory to start afresh",
-            path.display()
-        ))),
-        (Some(f), Some(s)) => Err(damaged(format!(
-            "{} names store {f}, but the sled store in it is store {s} (files from two stores mixed)",
-            path.display()
-        ))),
-        (None, found) => {
-            let id = match found {
-                Some(s) => s,
-                None => {
-                    let id = format!("{:016x}", rand::random::<u64>());
-                    meta.insert("store_id", id.as_bytes())?;
-                    db.flush()?;
-                    id
-                }
-            };
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let tmp = path.with_extension("tmp");
-                let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{id}")?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| damaged(format!("cannot write {}: {e}", path.display())))
-        }
-    }
-}
-
 impl Storage {
     pub fn open(dir: &Path) -> Result<Storage, StorageError> {
         let cfg = sled::Config::new()
@@ -163,10 +119,18 @@ impl Storage {
                 r => break r.map_err(|source| StorageError::Open { path: dir.display().to_string(), source })?,
             }
         };
-        check_identity(dir, &db)?;
+        guard::check_identity(dir, &db)?;
+        guard::check_watermark(dir, &db)?;
         let sessions = db.open_tree("sessions")?;
         let retained = db.open_tree("retained")?;
-        Ok(Storage { db, sessions, retained, writer: Default::default() })
+        Ok(Storage {
+            db,
+            sessions,
+            retained,
+            writer: Default::default(),
+            written: Default::default(),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Session writes go one at a time (`write_session`, `remove_session`): taken by the
@@ -199,6 +163,7 @@ impl Storage {
         }
         batch.insert(rec.client_id.as_bytes(), encode(rec)?);
         self.sessions.apply_batch(batch)?;
+        self.wrote();
         Ok(())
     }
 
@@ -211,6 +176,7 @@ impl Storage {
         }
         batch.remove(client_id.as_bytes());
         self.sessions.apply_batch(batch)?;
+        self.wrote();
         Ok(())
     }
 
@@ -252,11 +218,13 @@ impl Storage {
 
     pub fn put_retained(&self, msg: &Message) -> Result<(), StorageError> {
         self.retained.insert(msg.topic.as_bytes(), encode(msg)?)?;
+        self.wrote();
         Ok(())
     }
 
     pub fn remove_retained(&self, topic: &str) -> Result<(), StorageError> {
         self.retained.remove(topic.as_bytes())?;
+        self.wrote();
         Ok(())
     }
 
@@ -274,6 +242,7 @@ impl Storage {
         let links = self.db.open_tree("links")?;
         links.insert(name.as_bytes(), encode(&spec.map(str::to_string))?)?;
         links.flush()?;
+        self.wrote();
         Ok(())
     }
 
@@ -301,12 +270,32 @@ impl Storage {
         let meta = self.db.open_tree("meta")?;
         meta.insert("link_seq_limit", &limit.to_be_bytes())?;
         meta.flush()?;
+        self.wrote();
         Ok(())
     }
 
-    /// Flush everything to disk (fsync).
+    /// Flush everything to disk (fsync) and seal it.
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        Ok(())
+        self.written.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.seal()
+    }
+
+    fn wrote(&self) {
+        self.written.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// If anything was written since the last seal: count a new generation in the store, flush
+    /// it (fsync), then record the generation in the watermark file beside it. A store found
+    /// at open below its watermark lost writes it had flushed (truncated, or files replaced)
+    /// and is refused. Called once a second: one small fsync a second under load, nothing idle.
+    pub fn seal(&self) -> Result<(), StorageError> {
+        if !self.written.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let r = guard::seal(&self.dir, &self.db);
+        if r.is_err() {
+            self.wrote();
+        }
+        r
     }
 }
