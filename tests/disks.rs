@@ -251,3 +251,145 @@ async fn a_single_node_whose_store_was_truncated_refuses_to_start() {
         }
     }
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a {size} tmpfs at {} (the disk tests run as root)", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "resizing the tmpfs at {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A node whose disk fills stops with the reason (exit 2, "No space left on device") instead
+/// of serving on as a member that cannot write; the other two go on, and every acknowledged
+/// message is kept. Given space and restarted, it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_with_the_reason_and_catches_up_given_space() {
+    init();
+    let mut c = ProcCluster::configure("cluster-test", 3, 3, "");
+    let full = Tmpfs::mount(&c.data_dir(2), "6m");
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_ready(&[0, 1, 2]).await;
+    let body = vec![b'd'; 100_000];
+    let mut acked = 0u16;
+    let (mut p, _) = Raw::connect(addr(c.nodes[0].mqtt), Protocol::V5, "filler").await;
+    let mut exited = None;
+    for i in 0..200u16 {
+        let mut m = publish(&format!("full/{i}"), QoS::AtLeastOnce, &body, i + 1);
+        m.retain = true;
+        assert_eq!(p.publish(m).await, 0, "PUBACK {i}: two of three nodes can still commit");
+        acked += 1;
+        if i % 10 == 9 {
+            if exited.is_none() {
+                exited = c.wait_exit(2, Duration::from_millis(1)).await;
+            }
+            if exited.is_some() && acked >= 100 {
+                break;
+            }
+        }
+    }
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap_or_default();
+    let code = match exited {
+        Some(code) => code,
+        None => c.wait_exit(2, Duration::from_secs(10)).await.unwrap_or_else(|| {
+            panic!("the node with a full disk did not stop ({acked} MB acknowledged); its log:\n{log}")
+        }),
+    };
+    assert_eq!(code, 2, "exit 2 with the reason");
+    assert!(log.contains("No space left on device"), "says why: {log}");
+
+    tracing::info!("== more space; the node restarts and catches up");
+    full.resize("64m");
+    c.spawn(2);
+    c.wait_ready(&[0, 1, 2]).await;
+    let (mut s, _) = Raw::connect(addr(c.nodes[2].mqtt), Protocol::V5, "reader").await;
+    s.subscribe("full/#", QoS::AtMostOnce).await;
+    let mut topics = std::collections::BTreeSet::new();
+    while topics.len() < usize::from(acked) {
+        match s.next(Duration::from_secs(10)).await {
+            Got::Packet(Packet::Publish(m)) => {
+                topics.insert(m.topic);
+            }
+            Got::Packet(_) => {}
+            other => panic!("{} of {acked} acknowledged retained messages on the node: {other:?}", topics.len()),
+        }
+    }
+}
+
+/// A single node whose disk fills refuses what it would have to store, and says so: QoS 1 and
+/// 2 publishes get 0x97 (not a PUBACK 0 for a message it could not keep), persistent sessions
+/// CONNACK 0x88, /api/v5/ready 503 with the reason; QoS 0 between clean sessions goes on. Given
+/// space and restarted, it serves its store again (not refused as damaged).
+#[tokio::test]
+async fn a_single_node_whose_disk_fills_refuses_what_it_would_have_to_store() {
+    init();
+    let dir = common::TempDir::new("disk-full");
+    let full = Tmpfs::mount(&dir.path().join("data"), "4m");
+    let n = common::start_in(dir, "").await;
+    let (mut sub, _) = Raw::connect(n.mqtt, Protocol::V5, "live").await;
+    sub.subscribe("live/#", QoS::AtMostOnce).await;
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "filler").await;
+    let body = vec![b'f'; 100_000];
+    let mut refused = None;
+    for i in 0..200u16 {
+        let mut m = publish(&format!("full/{i}"), QoS::AtLeastOnce, &body, i + 1);
+        m.retain = true;
+        match p.publish(m).await {
+            0 => {}
+            code => {
+                refused = Some((i, code));
+                break;
+            }
+        }
+    }
+    let (i, code) = refused.expect("a publish refused once the 4 MB disk was full");
+    assert_eq!(code, 0x97, "publish {i} refused with 0x97");
+    assert_eq!(p.publish(publish("live/q1", QoS::AtLeastOnce, b"q1", 900)).await, 0x97, "QoS 1 refused");
+    assert_eq!(p.publish(publish("live/q0", QoS::AtMostOnce, b"q0", 0)).await, 0);
+    assert_eq!(&sub.publish_in().await.payload[..], b"q0", "QoS 0 between clean sessions goes on");
+    let mut c = common::raw::connect_packet(Protocol::V5, "keeper");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (_, ack) = Raw::connect_with(n.mqtt, c).await;
+    assert_eq!(ack.code, 0x88, "a persistent session cannot be kept");
+    let (status, body) = common::wire::http(n.api, "GET", "/api/v5/ready").await;
+    assert_eq!(status, 503, "not ready: {body}");
+    assert!(body.contains("No space left"), "says why: {body}");
+
+    let dir = n.stop().await;
+    full.resize("64m");
+    let n = common::start_in(dir, "").await;
+    assert!(n.node.broker.retained_count() > 0, "the store as flushed before the disk filled");
+    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "again").await;
+    let mut m = publish("full/after", QoS::AtLeastOnce, b"space", 1);
+    m.retain = true;
+    assert_eq!(p.publish(m).await, 0, "taken again");
+    let dir = n.stop().await;
+    drop(full);
+    drop(dir);
+}

@@ -257,11 +257,21 @@ impl<S: StateMachine> RaftNode<S> {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        // A pristine store takes no Raft traffic (appends, votes, snapshots) until it is known
+        // not to be a member that lost its data (`join_or_bootstrap`): fed by the leader first,
+        // it would look like a member that holds the log.
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(initialized));
 
         // gRPC server.
-        let svc = net::RaftServer::new(net::Service { raft: raft.clone(), me: me.clone(), faults: faults.clone() })
-            .max_decoding_message_size(net::MAX_MESSAGE)
-            .max_encoding_message_size(net::MAX_MESSAGE);
+        let svc = net::RaftServer::new(net::Service {
+            raft: raft.clone(),
+            me: me.clone(),
+            faults: faults.clone(),
+            open: open.clone(),
+        })
+        .max_decoding_message_size(net::MAX_MESSAGE)
+        .max_encoding_message_size(net::MAX_MESSAGE);
         let routes = extra.unwrap_or_default().add_service(svc);
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = cancel.clone();
@@ -282,7 +292,11 @@ impl<S: StateMachine> RaftNode<S> {
         // Leadership watch.
         let initial = Leadership { leader: None, term: 0, state: ServerState::Learner, lease: false };
         let (ltx, lrx) = watch::channel(initial);
-        tracker.spawn(watch_leadership(raft.clone(), cfg.clone(), ltx, cancel.clone()).instrument(span.clone()));
+        // Set once this node stops for good on its own (`failed`).
+        let fatal = watch::channel(None).0;
+        tracker.spawn(
+            watch_leadership(raft.clone(), cfg.clone(), ltx, fatal.clone(), cancel.clone()).instrument(span.clone()),
+        );
 
         let (ptx, prx) = mpsc::channel(cfg.max_batch * 16);
         let inner = Arc::new(Inner {
@@ -298,19 +312,22 @@ impl<S: StateMachine> RaftNode<S> {
             peers: Mutex::new(HashMap::new()),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
-            fatal: watch::channel(None).0,
+            fatal,
         });
         tracker.spawn(batcher(inner.clone(), prx).instrument(span.clone()));
 
         let node = RaftNode { inner };
-        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
         if !initialized {
             // In the background: a seed waits for a majority of the seeds; what it finds can
             // be fatal (`failed`).
             let n = node.clone();
             tracker.spawn(
                 async move {
-                    if let Err(e) = n.join_or_bootstrap().await {
+                    let r = n.join_or_bootstrap().await;
+                    if r.is_ok() {
+                        open.store(true, Ordering::Release);
+                    }
+                    if let Err(e) = r {
                         tracing::error!("{e}");
                         n.inner.fatal.send_replace(Some(e.to_string()));
                         n.inner.cancel.cancel();

@@ -164,15 +164,18 @@ async fn status(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Js
         "connections": m.connections.load(Relaxed),
         "sessions": s.broker.sessions().len(),
         "retained": s.broker.retained_count(),
+        "storage_failed": s.broker.storage_failed(),
     }))
 }
 
-/// Ready to serve: a single node always; a cluster node while it sees a leader with a lease
-/// (a partitioned minority answers 503, so a load balancer sends nobody there).
+/// Ready to serve: a single node while its store takes writes; a cluster node while it sees a
+/// leader with a lease (a partitioned minority answers 503, so a load balancer sends nobody
+/// there).
 async fn ready(State(s): State<ApiState>) -> Response {
-    let ok = s.cluster().is_none_or(|c| c.available());
+    let failed = s.broker.storage_failed();
+    let ok = s.cluster().is_none_or(|c| c.available()) && failed.is_none();
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({"ready": ok}))).into_response()
+    (code, Json(json!({"ready": ok, "storage_failed": failed}))).into_response()
 }
 
 /// The dashboard: one static page compiled into the binary (no build step, nothing fetched

@@ -182,6 +182,11 @@ impl Broker {
     }
 
     /// The single-node store (None in a cluster, where Raft is the store).
+    /// Why this node's own store stopped taking writes (a single node), if it did.
+    pub fn storage_failed(&self) -> Option<String> {
+        self.storage.as_ref().and_then(|s| s.failed()).map(str::to_string)
+    }
+
     pub fn storage(&self) -> Option<&Storage> {
         self.storage.as_ref()
     }

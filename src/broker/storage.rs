@@ -69,6 +69,9 @@ pub struct Storage {
     writer: std::sync::Arc<std::sync::Mutex<()>>,
     /// Written since the last seal (`seal`).
     written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the first write that failed (a full disk, a failing device): sled does not
+    /// recover from it in this process, so the node stops taking what it would have to store.
+    failed: std::sync::Arc<std::sync::OnceLock<String>>,
     dir: std::path::PathBuf,
 }
 
@@ -108,7 +111,7 @@ impl Storage {
         // A store closed a moment ago can still be locked by sled's flusher thread (it wakes
         // every 200 ms): a quick restart waits for it, briefly. Another live process holding
         // it is still refused after that.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
             match cfg.open() {
                 Err(sled::Error::Io(e))
@@ -129,6 +132,7 @@ impl Storage {
             retained,
             writer: Default::default(),
             written: Default::default(),
+            failed: Default::default(),
             dir: dir.to_path_buf(),
         })
     }
@@ -162,7 +166,7 @@ impl Storage {
             batch.insert(queue_key(&prefix, *k), encode(d)?);
         }
         batch.insert(rec.client_id.as_bytes(), encode(rec)?);
-        self.sessions.apply_batch(batch)?;
+        self.noting(self.sessions.apply_batch(batch).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
     }
@@ -175,7 +179,7 @@ impl Storage {
             batch.remove(k?);
         }
         batch.remove(client_id.as_bytes());
-        self.sessions.apply_batch(batch)?;
+        self.noting(self.sessions.apply_batch(batch).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
     }
@@ -217,13 +221,13 @@ impl Storage {
     }
 
     pub fn put_retained(&self, msg: &Message) -> Result<(), StorageError> {
-        self.retained.insert(msg.topic.as_bytes(), encode(msg)?)?;
+        self.noting(self.retained.insert(msg.topic.as_bytes(), encode(msg)?).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
     }
 
     pub fn remove_retained(&self, topic: &str) -> Result<(), StorageError> {
-        self.retained.remove(topic.as_bytes())?;
+        self.noting(self.retained.remove(topic.as_bytes()).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
     }
@@ -280,6 +284,26 @@ impl Storage {
         self.seal()
     }
 
+    /// Why the store stopped taking writes, if it did.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// A write's result; the first failure marks the store failed (said once, with the fix).
+    fn noting<T>(&self, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Err(e) = &r {
+            if self.failed.set(e.to_string()).is_ok() {
+                tracing::error!(
+                    error = %e,
+                    dir = %self.dir.display(),
+                    "storage failed: QoS 1 and 2 publishes and persistent sessions are refused from now on \
+                     (what was written before is kept); free space or replace the device, then restart the node"
+                );
+            }
+        }
+        r
+    }
+
     fn wrote(&self) {
         self.written.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -292,7 +316,7 @@ impl Storage {
         if !self.written.swap(false, std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        let r = guard::seal(&self.dir, &self.db);
+        let r = self.noting(guard::seal(&self.dir, &self.db));
         if r.is_err() {
             self.wrote();
         }

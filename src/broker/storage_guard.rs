@@ -57,7 +57,6 @@ pub(super) fn check_identity(dir: &Path, db: &sled::Db) -> Result<(), StorageErr
     }
 }
 
-
 /// The file beside sled's holding the last generation sealed (`seal`).
 const WATERMARK: &str = "strait-watermark";
 

@@ -214,10 +214,17 @@ impl Cluster {
         // A node that finds its store lost (the cluster still counts it) must not serve at all:
         // it says why and exits 2, like a bad config.
         let (failed, stop) = (cluster.raft.clone(), cancel.clone());
+        let store = raft_dir.display().to_string();
         tracker.spawn(async move {
             tokio::select! {
                 e = failed.failed() => {
-                    eprintln!("strait: {e}");
+                    // (Raft stopped on a storage error: the store is as last flushed; the
+                    // other members go on without this node.)
+                    if e.contains("os error 28") {
+                        eprintln!("strait: {e}\nstrait: the disk of {store} is full: free space there and start the node again (it catches up from the others)");
+                    } else {
+                        eprintln!("strait: {e}");
+                    }
                     std::process::exit(2);
                 }
                 _ = stop.cancelled() => {}

@@ -152,6 +152,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let expiry = n.expiry;
         let attached = match self.broker.replica() {
             None => {
+                if let Some(e) = self.broker.storage_failed().filter(|_| expiry > 0) {
+                    // A session that must outlive the connection cannot be kept.
+                    self.refuse_unavailable(&c, &client_id, &format!("storage failed: {e}")).await;
+                    return None;
+                }
                 let a = self.broker.attach(&client_id, c.protocol, c.clean_start, expiry);
                 self.broker.set_session_link(&a.session, link_from.as_deref());
                 a
@@ -183,20 +188,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         Err(e) => Some(e.to_string()),
                     }
                 };
-                let why = refused.unwrap_or_default();
-                tracing::info!(peer = %self.peer, client_id = %client_id, why, "conn.refused: server unavailable");
-                inc(&self.broker.metrics.connections_refused);
-                let ack = ConnAck {
-                    session_present: false,
-                    code: reason::SERVER_UNAVAILABLE,
-                    properties: Properties::default(),
-                };
-                codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
-                self.flush_now().await;
+                self.refuse_unavailable(&c, &client_id, &refused.unwrap_or_default()).await;
                 return None;
             }
         };
         Box::pin(self.connected(c, n, client_id, assigned, link_from, attached)).await
+    }
+
+    /// CONNACK "server unavailable" (0x88; 3 for 3.1.1), with why for a 5.0 client.
+    async fn refuse_unavailable(&mut self, c: &Connect, client_id: &str, why: &str) {
+        tracing::info!(peer = %self.peer, client_id, why, "conn.refused: server unavailable");
+        inc(&self.broker.metrics.connections_refused);
+        let mut properties = Properties::default();
+        if c.protocol.is_v5() {
+            properties.reason_string = Some(why.to_string());
+        }
+        let ack = ConnAck { session_present: false, code: reason::SERVER_UNAVAILABLE, properties };
+        codec::encode(&Packet::ConnAck(ack), c.protocol, &mut self.outbuf);
+        self.flush_now().await;
     }
 
     /// The session is attached: CONNACK (with a link client's route list).

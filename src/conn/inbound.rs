@@ -330,6 +330,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             }
         }
         let mut code = reason::SUCCESS;
+        if qos != QoS::AtMostOnce {
+            if let Some(e) = self.broker.storage_failed() {
+                // Nothing that would have to be stored is acknowledged: a 5.0 publisher is
+                // told (0x97), a 3.1.1 one (no way to tell it) is disconnected unacknowledged.
+                tracing::debug!(topic = %p.topic, error = %e, "publish refused: storage failed");
+                if !live.protocol.is_v5() {
+                    return Some(Close::Server(reason::SERVER_UNAVAILABLE, "storage failed"));
+                }
+                let ack = PubResp::new(pkid, reason::QUOTA_EXCEEDED);
+                self.send(live, if qos == QoS::AtLeastOnce { Packet::PubAck(ack) } else { Packet::PubRec(ack) });
+                return None;
+            }
+        }
         if !self.broker.authorize(&live.client_id, live.username.as_deref(), AclAction::Publish, &p.topic) {
             inc(&self.broker.metrics.messages_denied);
             tracing::debug!(topic = %p.topic, "publish.denied");
@@ -376,6 +389,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                             return None;
                         }
                     }
+                }
+                if qos != QoS::AtMostOnce && self.broker.storage_failed().is_some() {
+                    // Its retained copy could not be stored (the store failed just now).
+                    if !live.protocol.is_v5() {
+                        return Some(Close::Server(reason::SERVER_UNAVAILABLE, "storage failed"));
+                    }
+                    code = reason::QUOTA_EXCEEDED;
                 }
             }
         }

@@ -459,9 +459,22 @@ pub struct Service<S: StateMachine> {
     pub(crate) raft: RaftHandle<S>,
     pub(crate) me: Identity,
     pub(crate) faults: Arc<Faults>,
+    /// Raft traffic taken (false while a pristine store's identity is being checked).
+    pub(crate) open: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S: StateMachine> Service<S> {
+    /// `admit`, and only once this node takes Raft traffic.
+    async fn admit_raft<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.admit(req).await?;
+        if !self.open.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable(
+                "this node's store is new: it is checking that it is not a member that lost its data",
+            ));
+        }
+        Ok(())
+    }
+
     /// Check the caller's identity; apply injected faults.
     async fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let md = req.metadata();
@@ -501,28 +514,28 @@ fn parse<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, Status> {
 #[tonic::async_trait]
 impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
     async fn append(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let rpc: AppendEntriesRequest<C> = parse(request.get_ref())?;
         let r = self.raft.append_entries(rpc).await.map_err(|e| e.to_string());
         reply(&r)
     }
 
     async fn vote(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let rpc: VoteRequest<C> = parse(request.get_ref())?;
         let r = self.raft.vote(rpc).await.map_err(|e| e.to_string());
         reply(&r)
     }
 
     async fn pre_vote(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let rpc: VoteRequest<C> = parse(request.get_ref())?;
         let r = self.raft.pre_vote(rpc).await.map_err(|e| e.to_string());
         reply(&r)
     }
 
     async fn snapshot(&self, request: Request<Streaming<Bytes>>) -> Result<Response<Bytes>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
             Some(Ok(h)) => h,

@@ -14,6 +14,7 @@ pub(super) async fn watch_leadership<S: StateMachine>(
     raft: RaftHandle<S>,
     cfg: RaftConfig,
     tx: watch::Sender<Leadership>,
+    fatal: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
     let mut metrics = raft.metrics();
@@ -27,6 +28,16 @@ pub(super) async fn watch_leadership<S: StateMachine>(
     loop {
         let (state, leader, term, acked, sole_voter) = {
             let m = metrics.borrow_watched();
+            if let Err(e) = &m.running_state {
+                // Raft stopped on its own (a storage error: a full disk, a failing device; or
+                // a bug), not by our shutdown: the node must not go on as if it were a member.
+                if !cancel.is_cancelled() && !matches!(e, openraft::errors::Fatal::Stopped) {
+                    tracing::error!("raft stopped: {e}");
+                    fatal.send_replace(Some(format!("raft stopped: {e}")));
+                }
+                tx.send_modify(|l| l.lease = false);
+                break;
+            }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
             (m.state, m.current_leader, m.current_term, m.last_quorum_acked, voters == [cfg.id])
         };
@@ -88,7 +99,15 @@ pub(super) async fn watch_leadership<S: StateMachine>(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            r = metrics.changed() => if r.is_err() { break },
+            r = metrics.changed() => if r.is_err() {
+                // The core is gone without a word (it panicked).
+                if !cancel.is_cancelled() {
+                    tracing::error!("raft stopped: its core ended");
+                    fatal.send_replace(Some("raft stopped: its core ended (panicked)".into()));
+                }
+                tx.send_modify(|l| l.lease = false);
+                break;
+            },
             _ = sleep => {}
         }
     }
