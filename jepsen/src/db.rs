@@ -42,6 +42,8 @@ pub struct Db {
     pub dir: PathBuf,
     pub regions: Vec<Region>,
     pub nodes: Vec<Node>,
+    /// Data directories on a tmpfs of their own (disk-full scenarios), unmounted at the end.
+    pub mounts: Vec<PathBuf>,
 }
 
 pub fn mqtt_addr(id: u32) -> SocketAddr {
@@ -54,6 +56,12 @@ const API_SECRET: &str = "jepsen-api-secret-0123456789";
 
 pub fn api_addr(id: u32) -> SocketAddr {
     SocketAddr::from((ip_of(id), API_PORT))
+}
+
+/// The `Authorization: Basic` value of the nodes' API key.
+pub fn api_auth() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:{API_SECRET}"))
 }
 
 /// A CA and one node certificate naming every node's address, made with openssl in `dir`:
@@ -134,15 +142,23 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path, certs: 
 
 impl Db {
     /// Writes every node's config (nothing starts yet).
-    pub fn new(strait: PathBuf, dir: PathBuf, regions: Vec<Region>, faketime: bool) -> anyhow::Result<Db> {
+    /// With `tmpfs`, every node's data directory is a small file system of its own (one disk
+    /// per node, to fill).
+    pub fn new(strait: PathBuf, dir: PathBuf, regions: Vec<Region>, faketime: bool, tmpfs: bool) -> anyhow::Result<Db> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut nodes = Vec::new();
+        let mut mounts = Vec::new();
         let all: Vec<u32> = regions.iter().flat_map(|r| r.ids.iter().copied()).collect();
         make_certs(&dir, &all)?;
         for (ri, r) in regions.iter().enumerate() {
             let other = if regions.len() > 1 { regions.get(1 - ri.min(1)) } else { None };
             for &id in &r.ids {
                 let cfg = dir.join(format!("n{id}.hocon"));
+                if tmpfs {
+                    let data = dir.join(format!("data-n{id}"));
+                    crate::disk::mount_tmpfs(&data)?;
+                    mounts.push(data);
+                }
                 std::fs::write(&cfg, config(id, r, other, &dir.join(format!("data-n{id}")), &dir))?;
                 let fake = if faketime {
                     let f = dir.join(format!("n{id}.faketime"));
@@ -162,7 +178,7 @@ impl Db {
                 });
             }
         }
-        Ok(Db { strait, dir, regions, nodes })
+        Ok(Db { strait, dir, regions, nodes, mounts })
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -359,6 +375,9 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         self.stop_all();
+        for m in &self.mounts {
+            crate::disk::umount(m);
+        }
     }
 }
 
@@ -367,8 +386,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:{API_SECRET}"));
+    let auth = api_auth();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod db;
+pub mod disk;
 pub mod history;
 pub mod net;
 pub mod report;

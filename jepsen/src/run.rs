@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::check::{self, CheckConfig, Verdict};
 use crate::db::{self, Db, Region};
+use crate::disk;
 use crate::history::{Kind, Phase, Recorder, F, NEMESIS};
 use crate::net::{self, Net};
 use crate::report;
@@ -35,6 +36,14 @@ pub enum Fault {
     LinkCut,
     /// SIGKILL the leader of the receiving region (it holds the link that pulls the messages).
     KillLinkHolder,
+    /// A node's data directory wiped while it is down; it must refuse to start, then rejoins.
+    WipeNode,
+    /// A node's Raft store cut to half while it is down.
+    TruncateStore,
+    /// Every node of the region SIGKILLed at once, restarted together.
+    PowerLoss,
+    /// A node's disk (a tmpfs of its own) filled.
+    DiskFull,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +146,25 @@ pub fn scenarios() -> Vec<Scenario> {
             ci: false,
             offline_subs: false,
         },
+        s(
+            "wipe-node",
+            "a node's data directory wiped; it refuses, then rejoins as a new member",
+            &[WipeNode],
+            3,
+            1,
+            false,
+        ),
+        s("truncate-store", "a node's Raft store cut to half while it is down", &[TruncateStore], 3, 1, false),
+        s("power-loss", "every node SIGKILLed at once, restarted together", &[PowerLoss], 3, 1, false),
+        s("disk-full", "a node's disk (a tmpfs of its own) filled, then given space", &[DiskFull], 3, 1, false),
+        s(
+            "disks",
+            "wiped data directories, cut stores, power loss and full disks in turn",
+            &[WipeNode, TruncateStore, PowerLoss, DiskFull],
+            3,
+            1,
+            true,
+        ),
         Scenario {
             name: "link-partition",
             about: "two linked regions; halves of the receiving region cut",
@@ -189,6 +217,10 @@ fn fault_name(f: Fault) -> &'static str {
         ClockSkew => "clock-skew",
         LinkCut => "link-cut",
         KillLinkHolder => "kill-link-holder",
+        WipeNode => "wipe-node",
+        TruncateStore => "truncate-store",
+        PowerLoss => "power-loss",
+        DiskFull => "disk-full",
     }
 }
 
@@ -259,18 +291,41 @@ fn start_fault(f: Fault, net: &Net, db: &mut Db, linked: bool, rng: &mut StdRng)
             net.cut(&net::split(&groups))?;
             a.nodes = db.ids();
         }
+        WipeNode | TruncateStore | DiskFull => {
+            let n = pick(rng);
+            match f {
+                WipeNode => disk::wipe(db, net, n)?,
+                TruncateStore => disk::truncate(db, net, n)?,
+                _ => disk::fill(&disk::data_dir(db, n))?,
+            }
+            a.nodes = vec![n];
+        }
+        PowerLoss => {
+            for &n in &ids {
+                db.kill(n)?;
+            }
+            a.nodes = ids.clone();
+        }
     }
     Ok(a)
 }
 
-fn stop_fault(a: &Active, net: &Net, db: &mut Db) -> anyhow::Result<()> {
+/// Undo a fault; for a disk fault, what the node did about it.
+fn stop_fault(a: &Active, net: &Net, db: &mut Db) -> anyhow::Result<Option<disk::Outcome>> {
+    let n = a.nodes.first().copied().unwrap_or_default();
+    match a.fault {
+        WipeNode => return disk::after_wipe(db, net, n).map(Some),
+        TruncateStore => return disk::after_truncate(db, net, n).map(Some),
+        DiskFull => return disk::after_fill(db, net, n).map(Some),
+        _ => {}
+    }
     match a.fault {
         PauseNode | PauseLeader => {
             for &n in &a.nodes {
                 db.resume(n)?;
             }
         }
-        KillNode | KillLeader | KillLinkHolder => {
+        KillNode | KillLeader | KillLinkHolder | PowerLoss => {
             for &n in &a.nodes {
                 db.start(net, n)?;
             }
@@ -282,7 +337,7 @@ fn stop_fault(a: &Active, net: &Net, db: &mut Db) -> anyhow::Result<()> {
         }
         _ => net.heal()?,
     }
-    Ok(())
+    Ok(None)
 }
 
 fn faketime_available() -> bool {
@@ -309,7 +364,13 @@ pub fn run(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     let all_ids: Vec<u32> = regions.iter().flat_map(|r| r.ids.clone()).collect();
     let net = Net::create(&all_ids)?;
     let result = (|| {
-        let mut db = Db::new(o.strait.clone(), dir.join("nodes"), regions, s.faults.contains(&ClockSkew))?;
+        let mut db = Db::new(
+            o.strait.clone(),
+            dir.join("nodes"),
+            regions,
+            s.faults.contains(&ClockSkew),
+            s.faults.contains(&DiskFull),
+        )?;
         db.start_all(&net)?;
         let r = execute(s, o, &net, &mut db, &dir);
         db.stop_all();
@@ -434,6 +495,7 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
     // The nemesis: quiet 3 s, fault 5 s, in turn, until the time is up.
     let end = Instant::now() + o.time;
     let mut crash: Vec<(u32, String)> = Vec::new();
+    let mut disk_outcomes: Vec<disk::Outcome> = Vec::new();
     while Instant::now() + Duration::from_secs(8) < end && !o.interrupted.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_secs(3));
         let f = s.faults[rng.random_range(0..s.faults.len())];
@@ -452,7 +514,10 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
             },
         );
         std::thread::sleep(Duration::from_secs(5));
-        stop_fault(&a, net, db)?;
+        if let Some(o) = stop_fault(&a, net, db).with_context(|| format!("ending {f:?}"))? {
+            tracing::info!(node = o.node, fault = o.fault, ok = o.ok, "disk fault: {}", o.what);
+            disk_outcomes.push(o);
+        }
         rec.event(
             NEMESIS,
             Kind::Info,
@@ -516,6 +581,8 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
             }
         });
     }
+    // The replicas agree: one view, one state digest per region.
+    let converged = disk::converged(db, Duration::from_secs(30));
     // What the broker says it dropped for each persistent subscriber (its queue bound): the lost
     // checker excuses that many missing messages for that client, no more.
     for k in 0..2 {
@@ -556,6 +623,10 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         offending: Vec::new(),
         checked: all_nodes.len() as u64,
     });
+    verdicts.push(converged);
+    if s.faults.iter().any(|f| matches!(f, WipeNode | TruncateStore | DiskFull)) {
+        verdicts.push(disk::verdict(&disk_outcomes));
+    }
     if let Err(e) = recovered {
         tracing::warn!("{e}");
     }

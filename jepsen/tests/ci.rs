@@ -1,6 +1,7 @@
 //! The short partition-tolerance selection CI runs on every change: a partition, a paused
-//! leader, a killed leader (under QoS 1 and under QoS 2) and a killed link holder between two linked regions, about 30 s of
-//! faults each, against the debug `strait` binary.
+//! leader, a killed leader (under QoS 1 and under QoS 2), a killed link holder between two
+//! linked regions, and disk faults (wiped, cut and full disks, power loss), about 30 s of faults
+//! each, against the debug `strait` binary.
 //! A checker failing here is a safety regression. Needs root (network namespaces, iptables).
 
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ fn ci_selection_passes_every_checker() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     let last = stdout.lines().last().unwrap_or("");
     assert!(
-        run.status.success() && last == "jepsen: 5 passed, 0 failed",
+        run.status.success() && last == "jepsen: 6 passed, 0 failed",
         "jepsen CI selection failed ({}); results kept in {}\n{stdout}\n{stderr}",
         run.status,
         out.display()

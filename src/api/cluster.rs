@@ -153,3 +153,13 @@ pub(super) async fn metrics(State(s): State<ApiState>) -> Response {
     crate::link::metrics::render_outboxes(&mut body, &outboxes);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
+
+/// This node's applied view of the replicated state and its digest: replicas at the same view
+/// must agree (jepsen's divergence check after a heal).
+pub(super) async fn digest(State(s): State<ApiState>) -> Response {
+    let Some(c) = s.cluster() else { return no_cluster() };
+    match c.read(|st| (st.view, crate::cluster::state::digest(st))).await {
+        (view, Ok(d)) => Json(json!({"view": view, "digest": format!("{d:016x}")})).into_response(),
+        (_, Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"message": e}))).into_response(),
+    }
+}

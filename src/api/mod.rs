@@ -69,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v5/clients/{id}", get(client).delete(kick))
         .route("/api/v5/subscriptions", get(subscriptions))
         .route("/api/v5/cluster", get(cluster))
+        .route("/api/v5/cluster/digest", get(cluster::digest))
         .route("/api/v5/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v5/cluster/nodes/{name}", delete(remove_node))
         .route("/api/v5/cluster/links", get(links).post(create_link))

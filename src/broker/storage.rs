@@ -113,7 +113,7 @@ impl Storage {
         // it is still refused after that.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match cfg.open() {
+            match guard::open(dir, &cfg)? {
                 Err(sled::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
                 {

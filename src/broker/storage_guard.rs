@@ -112,3 +112,22 @@ pub(super) fn seal(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
         why: format!("cannot write {}: {e}", path.display()),
     })
 }
+
+/// Open sled; a panic inside it (sled 0.34 panics on some damaged files instead of returning
+/// an error) is reported as a damaged store.
+pub(super) fn open(dir: &Path, cfg: &sled::Config) -> Result<sled::Result<sled::Db>, StorageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        StorageError::Damaged {
+            path: dir.display().to_string(),
+            why: format!(
+                "sled could not read it ({what}). It is not served: restore the directory from a backup, or \
+                 remove the whole directory to start afresh"
+            ),
+        }
+    })
+}

@@ -125,3 +125,13 @@ mod v3 {
         }
     }
 }
+
+/// A digest of the replicated state (its snapshot encoding): replicas at the same view agree
+/// on it, or they diverged. For checks (jepsen), not for security.
+pub fn digest(s: &Snapshot) -> Result<u64, String> {
+    use std::hash::Hasher;
+    let bytes = bincode::serde::encode_to_vec(s, bincode::config::standard()).map_err(|e| e.to_string())?;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(&bytes);
+    Ok(h.finish())
+}

@@ -581,6 +581,7 @@ impl ClusterState {
 
 #[path = "format.rs"]
 mod format;
+pub use format::digest;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

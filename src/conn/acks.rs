@@ -66,7 +66,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         match after {
             After::Publish { pkid, qos, code } => {
                 if let Some(e) = failed {
-                    // Not acknowledged: the client must resend it (to a node that can commit).
+                    // Not acknowledged: the client must resend it (to a node that can commit),
+                    // and the replicated state (not this view) says whether it is a resend.
+                    if qos == QoS::ExactlyOnce {
+                        live.session.lock().awaiting_rel.remove(&pkid);
+                    }
                     tracing::info!(peer = %self.peer, error = %e, "publish not committed");
                     return Some(Close::Server(reason::SERVER_UNAVAILABLE, "cluster unavailable"));
                 }

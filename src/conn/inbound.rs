@@ -424,6 +424,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         if !targets.is_empty() {
             ops.push(Op::Deliver { msg: (*msg).clone(), targets });
         }
+        // Counted against the Receive Maximum from now on (and a resend on this connection
+        // waits behind this acknowledgement); taken back if the commit fails.
+        live.session.lock().awaiting_rel.insert(pkid);
         let rx = c.commit(vec![Op::Received { client_id: live.client_id.to_string(), pkid, ops }]);
         live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos: QoS::ExactlyOnce, code }));
     }

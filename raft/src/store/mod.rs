@@ -21,6 +21,25 @@ pub fn open<S: StateMachine>(dir: &Path) -> Result<(LogStore, StateMachineStore<
 }
 
 /// Open, with a sink for the state machine's events.
+/// Open sled, turning a panic inside it into an error: sled 0.34 panics on some damaged files
+/// ("tried to serialize Uninitialized" on a log cut part-way) instead of returning one.
+pub fn open_guarded(cfg: &sled::Config) -> sled::Result<sled::Db> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(sled::Error::Unsupported(format!(
+                "the store is damaged: sled could not read it ({what}). It is not served: restore the \
+                 directory from a backup, or rejoin as a new member"
+            )))
+        }
+    }
+}
+
 pub fn open_with<S: StateMachine>(
     dir: &Path,
     events: Option<tokio::sync::mpsc::UnboundedSender<S::Event>>,
@@ -34,7 +53,7 @@ pub fn open_with<S: StateMachine>(
     // close-and-reopen test.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let db = loop {
-        match cfg.open() {
+        match open_guarded(&cfg) {
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
             {
