@@ -178,12 +178,26 @@ pub fn wipe(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
     db.start(net, id)
 }
 
-/// Cut node `id`'s Raft store to half its size while it is down, and start it.
-pub fn truncate(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
+/// Damage node `id`'s Raft store while it is down, and start it: cut to half its size, or (with
+/// `flip`) 4 KiB of its second half overwritten with other bytes at a place drawn from `seed`.
+pub fn truncate(db: &mut Db, net: &Net, id: u32, flip: bool, seed: u64) -> anyhow::Result<()> {
     db.kill(id)?;
     let file = data_dir(db, id).join("raft/db");
     let len = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?.len();
-    std::fs::OpenOptions::new().write(true).open(&file)?.set_len(len / 2)?;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file)?;
+    if flip && len > 8192 {
+        use std::io::{Seek, SeekFrom};
+        let at = len / 2 + seed % (len / 2 - 4096);
+        f.seek(SeekFrom::Start(at))?;
+        let junk: Vec<u8> =
+            (0..4096u64).map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i) >> 24) as u8).collect();
+        f.write_all(&junk)?;
+        f.sync_all()?;
+        tracing::info!(node = id, at, "4 KiB of the Raft store overwritten");
+    } else {
+        f.set_len(len / 2)?;
+        tracing::info!(node = id, from = len, to = len / 2, "the Raft store cut");
+    }
     db.start(net, id)
 }
 
@@ -198,7 +212,7 @@ pub fn after_wipe(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<Outcome> {
 /// had committed was lost (the digests decide).
 pub fn after_truncate(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<Outcome> {
     if wait_exit(db, id, Duration::from_secs(5))?.is_none() {
-        let what = "started: the cut lost nothing it had committed (checked by the digests)".to_string();
+        let what = "started: the damage lost nothing it had committed (the digests check it)".to_string();
         return Ok(Outcome { node: id, fault: "truncate-store", ok: true, what });
     }
     let log = node_log(db, id);

@@ -38,7 +38,7 @@ pub enum Fault {
     KillLinkHolder,
     /// A node's data directory wiped while it is down; it must refuse to start, then rejoins.
     WipeNode,
-    /// A node's Raft store cut to half while it is down.
+    /// A node's Raft store cut to half, or 4 KiB of it overwritten, while it is down.
     TruncateStore,
     /// Every node of the region SIGKILLed at once, restarted together.
     PowerLoss,
@@ -154,7 +154,14 @@ pub fn scenarios() -> Vec<Scenario> {
             1,
             false,
         ),
-        s("truncate-store", "a node's Raft store cut to half while it is down", &[TruncateStore], 3, 1, false),
+        s(
+            "truncate-store",
+            "a node's Raft store cut to half, or 4 KiB overwritten, while it is down",
+            &[TruncateStore],
+            3,
+            1,
+            false,
+        ),
         s("power-loss", "every node SIGKILLed at once, restarted together", &[PowerLoss], 3, 1, false),
         s("disk-full", "a node's disk (a tmpfs of its own) filled, then given space", &[DiskFull], 3, 1, false),
         s(
@@ -295,7 +302,7 @@ fn start_fault(f: Fault, net: &Net, db: &mut Db, linked: bool, rng: &mut StdRng)
             let n = pick(rng);
             match f {
                 WipeNode => disk::wipe(db, net, n)?,
-                TruncateStore => disk::truncate(db, net, n)?,
+                TruncateStore => disk::truncate(db, net, n, rng.random_bool(0.5), rng.random())?,
                 _ => disk::fill(&disk::data_dir(db, n))?,
             }
             a.nodes = vec![n];
