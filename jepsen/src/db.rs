@@ -126,7 +126,7 @@ fn config(id: u32, region: &Region, other: Option<&Region>, data: &Path, certs: 
     format!(
         "node {{ name = \"n{id}@{ip}\", data_dir = \"{data}\" }}\n\
          cluster {{\n  name = \"{cluster}\"\n  static.seeds = [{seeds}]\n\
-           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 500ms, secret = \"jepsen-{cluster}-secret-0123456789\",\n             ssl {{ certfile = \"{certs}/node.pem\", keyfile = \"{certs}/node.key\", cacertfile = \"{certs}/ca.pem\" }} }}\n\
+           raft {{ bind = \"{ip}:{RAFT_PORT}\", heartbeat_interval = 100ms, election_timeout = 300ms, secret = \"jepsen-{cluster}-secret-0123456789\",\n             ssl {{ certfile = \"{certs}/node.pem\", keyfile = \"{certs}/node.key\", cacertfile = \"{certs}/ca.pem\" }} }}\n\
            links = {links}\n}}\n\
          listeners.tcp.default.bind = \"{ip}:{MQTT_PORT}\"\n\
          listeners.tcp.clink.bind = \"{ip}:{CLINK_PORT}\"\n\
