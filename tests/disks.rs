@@ -344,16 +344,49 @@ async fn a_node_whose_disk_fills_stops_with_the_reason_and_catches_up_given_spac
 /// A single node whose disk fills refuses what it would have to store, and says so: QoS 1 and
 /// 2 publishes get 0x97 (not a PUBACK 0 for a message it could not keep), persistent sessions
 /// CONNACK 0x88, /api/v5/ready 503 with the reason; QoS 0 between clean sessions goes on. Given
-/// space and restarted, it serves its store again (not refused as damaged).
+/// space and restarted, it serves its store again (not refused as damaged). The node runs as a
+/// process of its own: sled's concurrency control is global to a process, and a store that
+/// failed can hold it (a batch of another store in the same process would wait forever).
 #[tokio::test]
 async fn a_single_node_whose_disk_fills_refuses_what_it_would_have_to_store() {
     init();
     let dir = common::TempDir::new("disk-full");
     let full = Tmpfs::mount(&dir.path().join("data"), "4m");
-    let n = common::start_in(dir, "").await;
-    let (mut sub, _) = Raw::connect(n.mqtt, Protocol::V5, "live").await;
+    let ports = common::procs::free_ports(2);
+    let (mqtt, api) = (addr(ports[0]), addr(ports[1]));
+    let config = dir.path().join("node.hocon");
+    std::fs::write(
+        &config,
+        format!(
+            "node.data_dir = \"{}\"\nlisteners.tcp.default.bind = \"{mqtt}\"\napi.bind = \"{api}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let start = || {
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn strait");
+        KillOnDrop(child)
+    };
+    let node = start();
+    let connect = |id: &'static str| async move {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(mqtt).await.is_ok() {
+                return Raw::connect(mqtt, Protocol::V5, id).await.0;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node does not listen on {mqtt}");
+    };
+    let mut sub = connect("live").await;
     sub.subscribe("live/#", QoS::AtMostOnce).await;
-    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "filler").await;
+    let mut p = connect("filler").await;
     let body = vec![b'f'; 100_000];
     let mut refused = None;
     for i in 0..200u16 {
@@ -375,21 +408,31 @@ async fn a_single_node_whose_disk_fills_refuses_what_it_would_have_to_store() {
     let mut c = common::raw::connect_packet(Protocol::V5, "keeper");
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(600);
-    let (_, ack) = Raw::connect_with(n.mqtt, c).await;
+    let (_, ack) = Raw::connect_with(mqtt, c).await;
     assert_eq!(ack.code, 0x88, "a persistent session cannot be kept");
-    let (status, body) = common::wire::http(n.api, "GET", "/api/v5/ready").await;
+    let (status, body) = common::wire::http(api, "GET", "/api/v5/ready").await;
     assert_eq!(status, 503, "not ready: {body}");
     assert!(body.contains("No space left"), "says why: {body}");
+    drop((p, sub));
 
-    let dir = n.stop().await;
+    drop(node);
     full.resize("64m");
-    let n = common::start_in(dir, "").await;
-    assert!(n.node.broker.retained_count() > 0, "the store as flushed before the disk filled");
-    let (mut p, _) = Raw::connect(n.mqtt, Protocol::V5, "again").await;
+    let _node = start();
+    let mut r = connect("reader").await;
+    r.subscribe("full/#", QoS::AtMostOnce).await;
+    assert!(matches!(r.next(Duration::from_secs(5)).await, Got::Packet(Packet::Publish(_))), "the store as flushed");
+    let mut p = connect("again").await;
     let mut m = publish("full/after", QoS::AtLeastOnce, b"space", 1);
     m.retain = true;
     assert_eq!(p.publish(m).await, 0, "taken again");
-    let dir = n.stop().await;
-    drop(full);
-    drop(dir);
+}
+
+/// SIGKILL on drop (and reap).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

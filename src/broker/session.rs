@@ -107,6 +107,9 @@ pub struct SessionState {
     /// The storage keys of the queue's entries as last written (single node); None: unknown,
     /// the next write replaces them all.
     pub stored: Option<Vec<u64>>,
+    /// Storage may hold a record of it (restored from there, or written once): its end
+    /// removes it. A session never written costs its end no storage write.
+    pub on_disk: bool,
 }
 
 impl SessionState {
@@ -165,6 +168,7 @@ impl Session {
                 username: None,
                 dirty: false,
                 stored: None,
+                on_disk: false,
             }),
             notify: Notify::new(),
             drained: Notify::new(),
@@ -329,6 +333,7 @@ impl SessionRecord {
         let s = Session::new(self.client_id.into(), self.protocol, self.created_at_ms);
         {
             let mut st = s.lock();
+            st.on_disk = true;
             st.subscriptions = self.subscriptions.into_iter().collect();
             match entries {
                 Some(entries) => {

@@ -83,11 +83,19 @@ impl Broker {
 
     /// Remove a session's subscriptions from the router and its record from storage.
     pub(super) fn discard(&self, session: &Arc<Session>) {
-        let subs: Vec<String> = session.lock().subscriptions.drain().map(|(k, _)| k).collect();
+        // After a write in progress (`persist` holds the writer from its check that the
+        // session is current to the end of its write), so `on_disk` is final here.
+        let writer = self.storage.as_ref().map(|s| s.writer());
+        let (subs, on_disk) = {
+            let mut st = session.lock();
+            let subs: Vec<String> = st.subscriptions.drain().map(|(k, _)| k).collect();
+            (subs, st.on_disk)
+        };
         for f in &subs {
             self.route_remove(session, f);
         }
-        if let Some(storage) = &self.storage {
+        let _writer = writer;
+        if let (Some(storage), true) = (&self.storage, on_disk) {
             if let Err(e) = storage.remove_session(&session.client_id) {
                 tracing::warn!(client_id = %session.client_id, error = %e, "storage.remove_session failed");
             }
@@ -208,22 +216,22 @@ impl Broker {
         }
     }
 
-    /// Whether `session` is still the registered session of its client id (not replaced by a
-    /// clean-start takeover or expired).
-    fn is_current(&self, session: &Arc<Session>) -> bool {
-        self.lock_sessions().get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
-    }
-
     /// Write a dirty persistent session: its record, and of its queue only the entries added
     /// and removed since the last write.
     pub(super) fn persist(&self, session: &Arc<Session>) {
-        let Some(storage) = &self.storage else { return };
+        let Some(storage) = self.storage.as_ref().filter(|s| s.failed().is_none()) else { return };
         // One writer at a time: two writes of one session applied out of order could bring
-        // back an entry the later one removed.
-        let _writer = storage.writer();
-        if !self.is_current(session) {
-            return;
-        }
+        // back an entry the later one removed. Locks in the order sessions map, writer, session
+        // (`attach` discards a session while it holds the map): the writer is taken while the
+        // map says the session is current, and held to the end of the write, so a `discard`
+        // comes after it and sees `on_disk`.
+        let _writer = {
+            let sessions = self.lock_sessions();
+            if !sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                return;
+            }
+            storage.writer()
+        };
         let (rec, put, del, replace) = {
             let mut st = session.lock();
             if !st.is_persistent() || !st.dirty {
@@ -239,6 +247,7 @@ impl Broker {
                 None => (st.queue.keyed().map(|(k, d)| (k, d.clone())).collect(), Vec::new(), true),
             };
             st.stored = Some(st.queue.keyed().map(|(k, _)| k).collect());
+            st.on_disk = true;
             (rec, put, del, replace)
         };
         if let Err(e) = storage.write_session(&rec, &put, &del, replace) {

@@ -115,7 +115,9 @@ impl Storage {
         let db = loop {
             match guard::open(dir, &cfg)? {
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -152,6 +154,7 @@ impl Storage {
         del: &[u64],
         replace: bool,
     ) -> Result<(), StorageError> {
+        self.usable()?;
         let prefix = queue_prefix(&rec.client_id);
         let mut batch = sled::Batch::default();
         if replace {
@@ -171,9 +174,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Remove a session's record and queue.
+    /// Remove a session's record and queue (the caller holds `writer`, or runs alone).
     pub fn remove_session(&self, client_id: &str) -> Result<(), StorageError> {
-        let _writer = self.writer();
+        self.usable()?;
         let mut batch = sled::Batch::default();
         for k in self.sessions.scan_prefix(queue_prefix(client_id)).keys() {
             batch.remove(k?);
@@ -221,12 +224,14 @@ impl Storage {
     }
 
     pub fn put_retained(&self, msg: &Message) -> Result<(), StorageError> {
+        self.usable()?;
         self.noting(self.retained.insert(msg.topic.as_bytes(), encode(msg)?).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
     }
 
     pub fn remove_retained(&self, topic: &str) -> Result<(), StorageError> {
+        self.usable()?;
         self.noting(self.retained.remove(topic.as_bytes()).map_err(StorageError::from))?;
         self.wrote();
         Ok(())
@@ -243,6 +248,7 @@ impl Storage {
 
     /// A link change made over the API (`None`: the link was deleted), kept across restarts.
     pub fn put_link(&self, name: &str, spec: Option<&str>) -> Result<(), StorageError> {
+        self.usable()?;
         let links = self.db.open_tree("links")?;
         links.insert(name.as_bytes(), encode(&spec.map(str::to_string))?)?;
         links.flush()?;
@@ -271,6 +277,7 @@ impl Storage {
 
     /// Reserve link sequence numbers below `limit`: on disk before any is used.
     pub fn set_link_seq_limit(&self, limit: u64) -> Result<(), StorageError> {
+        self.usable()?;
         let meta = self.db.open_tree("meta")?;
         meta.insert("link_seq_limit", &limit.to_be_bytes())?;
         meta.flush()?;
@@ -287,6 +294,17 @@ impl Storage {
     /// Why the store stopped taking writes, if it did.
     pub fn failed(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
+    }
+
+    /// Writes stop at the first failure: sled does not recover from it in this process, and a
+    /// batch after it can wait forever on sled's global concurrency control.
+    fn usable(&self) -> Result<(), StorageError> {
+        match self.failed.get() {
+            Some(e) => {
+                Err(StorageError::Io { path: self.dir.display().to_string(), why: format!("failed earlier: {e}") })
+            }
+            None => Ok(()),
+        }
     }
 
     /// A write's result; the first failure marks the store failed (said once, with the fix).
@@ -313,7 +331,7 @@ impl Storage {
     /// at open below its watermark lost writes it had flushed (truncated, or files replaced)
     /// and is refused. Called once a second: one small fsync a second under load, nothing idle.
     pub fn seal(&self) -> Result<(), StorageError> {
-        if !self.written.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if self.failed.get().is_some() || !self.written.swap(false, std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
         let r = self.noting(guard::seal(&self.dir, &self.db));
