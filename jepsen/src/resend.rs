@@ -24,8 +24,12 @@ use crate::workload::{qos, Ctx};
 const FINAL_BOUND: Duration = Duration::from_secs(30);
 
 /// Connects with `pending` (requests of the previous connection) to be sent first; the
-/// session-present flag, or None when the node did not take the connection.
-async fn connect(id: &str, node: u32, pending: VecDeque<Request>) -> Option<(AsyncClient, EventLoop, bool)> {
+/// session-present flag, or `pending` back when the node did not take the connection.
+async fn connect(
+    id: &str,
+    node: u32,
+    pending: VecDeque<Request>,
+) -> Result<(AsyncClient, EventLoop, bool), VecDeque<Request>> {
     let addr = mqtt_addr(node);
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(5));
@@ -46,8 +50,8 @@ async fn connect(id: &str, node: u32, pending: VecDeque<Request>) -> Option<(Asy
     })
     .await;
     match r {
-        Ok(Some(sp)) => Some((c, el, sp)),
-        _ => None,
+        Ok(Some(sp)) => Ok((c, el, sp)),
+        _ => Err(salvage(el)),
     }
 }
 
@@ -92,7 +96,7 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, node
         if conn.is_none() {
             let node = nodes[i % nodes.len()];
             match connect(&client_id, node, std::mem::take(&mut carried)).await {
-                Some((c, el, present)) => {
+                Ok((c, el, present)) => {
                     if !present {
                         // The session is gone (it was never replicated, or removed): rumqttc
                         // dropped what it would have resent; the message in flight is unknown.
@@ -102,7 +106,9 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, node
                     }
                     conn = Some((c, el, node));
                 }
-                None => {
+                Err(pending) => {
+                    // Kept for the next node (a refused node must not lose the resends).
+                    carried = pending;
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;

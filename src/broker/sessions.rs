@@ -123,8 +123,10 @@ impl Broker {
         };
         sessions.remove(client_id);
         self.metrics.sessions.store(sessions.len() as i64, Ordering::Relaxed);
-        drop(sessions);
+        // Under the map, as `attach` does: a reconnect cannot make and store a new session
+        // before this one's stored record is removed (it would be removed with it).
         self.discard(&s);
+        drop(sessions);
         if let Some((w, _)) = will {
             self.publish_will(client_id, w);
         }
