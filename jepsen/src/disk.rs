@@ -147,17 +147,7 @@ fn ask_others(db: &Db, id: u32, method: &str, path: &str, body: Option<&str>, wa
 pub fn rejoin(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
     db.kill(id)?;
     ask_others(db, id, "DELETE", &format!("/api/v5/cluster/nodes/{}", name_of(id)), None, 204)?;
-    let dir = data_dir(db, id);
-    if dir.exists() {
-        for e in std::fs::read_dir(&dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p)?;
-            } else {
-                std::fs::remove_file(&p)?;
-            }
-        }
-    }
+    empty(&data_dir(db, id))?;
     db.start(net, id)?;
     let body = format!("{{\"name\": \"{}:{RAFT_PORT}\"}}", name_of(id));
     ask_others(db, id, "POST", "/api/v5/cluster/nodes", Some(&body), 201)
@@ -166,8 +156,16 @@ pub fn rejoin(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
 /// Wipe node `id`'s data directory while it is down, and start it.
 pub fn wipe(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
     db.kill(id)?;
-    let dir = data_dir(db, id);
-    for e in std::fs::read_dir(&dir)? {
+    empty(&data_dir(db, id))?;
+    db.start(net, id)
+}
+
+/// Remove everything inside `dir` (which may be a mount point, so it stays).
+fn empty(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         if p.is_dir() {
             std::fs::remove_dir_all(&p)?;
@@ -175,7 +173,7 @@ pub fn wipe(db: &mut Db, net: &Net, id: u32) -> anyhow::Result<()> {
             std::fs::remove_file(&p)?;
         }
     }
-    db.start(net, id)
+    Ok(())
 }
 
 /// Damage node `id`'s Raft store while it is down, and start it: cut to half its size, or (with

@@ -44,17 +44,19 @@ pub(super) fn check_identity(dir: &Path, db: &sled::Db) -> Result<(), StorageErr
                     id
                 }
             };
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let tmp = path.with_extension("tmp");
-                let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{id}")?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| damaged(format!("cannot write {}: {e}", path.display())))
+            replace_file(&path, &id).map_err(|e| damaged(format!("cannot write {}: {e}", path.display())))
         }
     }
+}
+
+/// Replace `path` with one line, `text`: a temporary file, fsynced, then renamed over it.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{text}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The file beside sled's holding the last generation sealed (`seal`).
@@ -99,15 +101,7 @@ pub(super) fn seal(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
     db.open_tree("meta")?.insert("generation", &next.to_be_bytes())?;
     db.flush()?;
     let path = dir.join(WATERMARK);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{next}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| StorageError::Io {
+    replace_file(&path, &next.to_string()).map_err(|e| StorageError::Io {
         path: dir.display().to_string(),
         why: format!("cannot write {}: {e}", path.display()),
     })
