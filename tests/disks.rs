@@ -75,6 +75,40 @@ async fn a_node_whose_store_is_wiped_refuses_to_start_and_rejoins_when_asked() {
     assert_eq!(c.wait_exit(cc, Duration::from_secs(20)).await, Some(2), "C with an empty store");
 }
 
+/// The review's gap: the wiped node was the leader. The next leader never replicated to it, so
+/// its progress says nothing of what the wiped node held; the check used to take it for a seed
+/// starting late, and it voted with its data gone. The cluster's committed record that it ran
+/// (its registration) is what says so now, whoever leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_leader_refuses_to_start_under_the_next_leader() {
+    init();
+    let mut c = ProcCluster::start(3, "");
+    let l = c.wait_ready(&[0, 1, 2]).await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    c.kill(l);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        let n = c.wait_ready(&rest).await;
+        if n != l {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader within 20 s of the old one's kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mut p, _) = Raw::connect(addr(c.nodes[next].mqtt), Protocol::V5, "writer").await;
+    let mut m = publish("disk/leader", QoS::AtLeastOnce, b"after", 1);
+    m.retain = true;
+    assert_eq!(p.publish(m).await, 0, "PUBACK from the next leader");
+    drop(p);
+    std::fs::remove_dir_all(c.data_dir(l)).expect("wipe the old leader's data directory");
+    c.spawn(l);
+    let code = c.wait_exit(l, Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&c.nodes[l].log).unwrap_or_default();
+    assert_eq!(code, Some(2), "the wiped old leader must refuse to start; its log:\n{log}");
+    assert!(log.contains("store is empty"), "it says why: {log}");
+    c.wait_ready(&rest).await;
+}
+
 /// The watermark of node `i`'s Raft store (0 before the first write).
 fn watermark(c: &ProcCluster, i: usize) -> u64 {
     std::fs::read_to_string(c.data_dir(i).join("raft/strait-watermark"))

@@ -108,6 +108,12 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replace the state with a snapshot's (the application learns it through `events`).
     fn restore(&mut self, bytes: &[u8], events: &mut Vec<Self::Event>) -> Result<(), String>;
+    /// Whether the applied state records that node `id` has run as a member: it committed its
+    /// registration (the command given to `RaftNode::start_with`). A node whose store is new
+    /// and that the cluster records this way lost its data (see `RaftNode::start`).
+    fn registered(&self, _id: u64) -> bool {
+        false
+    }
 }
 
 /// bincode 2 (serde) with the format version byte.

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::dedup::{Applied, Proposal, RequestId};
-use crate::net::{self, AdminRequest, Faults, Identity, Network, RaftHandle, WriteResult};
+use crate::net::{self, AdminRequest, Faults, Identity, Network, ProbeReply, RaftHandle, WriteResult};
 use crate::store::{self, StateMachineStore};
 use crate::{decode, decode_raft, encode, encode_raft, Request, StateMachine, TypeConfig};
 
@@ -208,6 +208,8 @@ struct Inner<S: StateMachine> {
     tracker: TaskTracker,
     /// Why this node stopped for good (a store that lost its data), once it did.
     fatal: watch::Sender<Option<String>>,
+    /// What a pristine member commits before it takes Raft traffic (`join_or_bootstrap`).
+    registration: Option<S::Command>,
 }
 
 /// A running Raft member. Cheap to clone; `shutdown` stops it.
@@ -230,11 +232,14 @@ impl<S: StateMachine> RaftNode<S> {
         listener: tokio::net::TcpListener,
         extra: Option<tonic::service::Routes>,
     ) -> Result<RaftNode<S>, StartError> {
-        Self::start_with(cfg, dir, listener, extra, None, Arc::new(Faults::default())).await
+        Self::start_with(cfg, dir, listener, extra, None, Arc::new(Faults::default()), None).await
     }
 
     /// `start` with a sink for the state machine's events (what each applied batch changed,
-    /// in apply order, restores included) and a shared fault injector.
+    /// in apply order, restores included), a shared fault injector, and the command that
+    /// registers this node (it records in the state that the node ran as a member; see
+    /// `StateMachine::registered`): a member whose store is new commits it before it takes any
+    /// Raft traffic.
     pub async fn start_with(
         cfg: RaftConfig,
         dir: &Path,
@@ -242,6 +247,7 @@ impl<S: StateMachine> RaftNode<S> {
         extra: Option<tonic::service::Routes>,
         events: Option<mpsc::UnboundedSender<S::Event>>,
         faults: Arc<Faults>,
+        registration: Option<S::Command>,
     ) -> Result<RaftNode<S>, StartError> {
         let span = tracing::info_span!("raft", node = cfg.id);
         let ocfg = Arc::new(cfg.openraft()?);
@@ -266,6 +272,7 @@ impl<S: StateMachine> RaftNode<S> {
         // gRPC server.
         let svc = net::RaftServer::new(net::Service {
             raft: raft.clone(),
+            sm: sm.clone(),
             me: me.clone(),
             faults: faults.clone(),
             open: open.clone(),
@@ -313,6 +320,7 @@ impl<S: StateMachine> RaftNode<S> {
             cancel: cancel.clone(),
             tracker: tracker.clone(),
             fatal,
+            registration,
         });
         tracker.spawn(batcher(inner.clone(), prx).instrument(span.clone()));
 
@@ -341,71 +349,123 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// A pristine store (first start, or a node whose data is gone). Ask the other seeds
-    /// first: when a cluster exists that still counts this node as a member, this node's
-    /// promises (its votes, the entries it acknowledged) are lost with its data, and starting
-    /// under the same id could elect a leader without committed entries: refuse, and say how
-    /// to rejoin. When the cluster no longer counts it (an operator removed it), wait to be
-    /// added like a new node. A seed bootstraps only once a majority of the seeds answers and
-    /// none of them has a cluster (never alone: a wiped node must not found a new cluster
-    /// while the others are down).
+    /// first: when a cluster exists that counts this node as a member and records that it ran
+    /// (its registration is committed, or the leader replicated to it), this node's promises
+    /// (its votes, the entries it acknowledged) are lost with its data, and starting under the
+    /// same id could elect a leader without committed entries: refuse, and say how to rejoin.
+    /// Only a leader's linearizable read can say "never ran": without one this node waits (a
+    /// follower's state may lag, and leader progress is memory the next leader lacks). A
+    /// member that never ran commits its registration through that leader before it takes any
+    /// Raft traffic, so a later loss of its data is always recognised. When the cluster no
+    /// longer counts it (an operator removed it), wait to be added like a new node. A seed
+    /// bootstraps only once a majority of the seeds answers and none of them has a cluster
+    /// (never alone: a wiped node must not found a new cluster while the others are down).
     async fn join_or_bootstrap(&self) -> Result<(), StartError> {
         let cfg = &self.inner.cfg;
         let others: Vec<(u64, String)> =
             cfg.seeds.iter().filter(|(id, _)| **id != cfg.id).map(|(id, a)| (*id, a.clone())).collect();
         let seed = cfg.seeds.contains_key(&cfg.id);
-        let mut waiting_logged = false;
+        let mut logged = None;
+        let mut log_once = |what: &'static str| {
+            if logged != Some(what) {
+                tracing::info!("{what}");
+                logged = Some(what);
+            }
+        };
         loop {
             let asks = others.iter().map(|(id, addr)| {
                 let me = self.inner.me.clone();
-                async move { (*id, net::probe(&me, *id, addr, Duration::from_secs(1)).await) }
+                async move { (*id, addr.as_str(), net::probe(&me, *id, addr, Duration::from_secs(2)).await) }
             });
             let answers = futures_util::future::join_all(asks).await;
-            if let Some((peer, r)) =
-                answers.iter().find_map(|(id, r)| r.as_ref().filter(|r| r.initialized).map(|r| (id, r)))
-            {
-                // Did this node ever hold anything? The leader knows what it replicated to it;
-                // without a leader, a log beyond the bootstrap entries says the cluster ran.
-                let leader = answers.iter().find_map(|(_, r)| r.as_ref().and_then(|r| r.matched.as_ref()));
-                let held = match leader {
-                    Some(matched) => matched.get(&cfg.id).is_some_and(|m| m.is_some()),
-                    None => answers.iter().filter_map(|(_, r)| r.as_ref()).any(|r| r.last_log_index > Some(1)),
-                };
-                if (r.voters.contains(&cfg.id) || r.learners.contains(&cfg.id)) && held {
-                    return Err(StartError::Amnesia { id: cfg.id, peer: *peer, term: r.term, last: r.last_log_index });
+            let clusters: Vec<(u64, &str, &ProbeReply)> = answers
+                .iter()
+                .filter_map(|(id, a, r)| r.as_ref().filter(|r| r.initialized).map(|r| (*id, *a, r)))
+                .collect();
+            if let Some(&(peer, _, r)) = clusters.first() {
+                let member = |r: &ProbeReply| r.voters.contains(&cfg.id) || r.learners.contains(&cfg.id);
+                let ran = clusters.iter().any(|(_, _, r)| {
+                    member(r)
+                        && (r.registered
+                            || r.matched.as_ref().is_some_and(|m| m.get(&cfg.id).is_some_and(|m| m.is_some())))
+                });
+                if ran {
+                    return Err(StartError::Amnesia { id: cfg.id, peer, term: r.term, last: r.last_log_index });
                 }
-                if r.voters.contains(&cfg.id) || r.learners.contains(&cfg.id) {
-                    // A seed starting after the others (first start): the same membership.
-                    tracing::info!(peer, "a cluster exists that this node never held data of: joining it");
-                    if seed {
-                        self.initialize_seeds().await;
-                    }
+                if !clusters.iter().any(|(_, _, r)| member(r)) {
+                    tracing::info!(peer, "a cluster exists and this node is not a member: waiting to be added");
                     return Ok(());
                 }
-                tracing::info!(peer, "a cluster exists and this node is not a member: waiting to be added");
+                let Some(&(leader, addr, _)) = clusters.iter().find(|(_, _, r)| r.linearized) else {
+                    // No leader yet. Seeds that bootstrap at the same time see each other's
+                    // fresh membership (nothing after it): this node cannot have held anything
+                    // that a majority of them lacks when they and it are a majority.
+                    let reachable = 1 + answers.iter().filter(|(_, _, r)| r.is_some()).count();
+                    let fresh = clusters.iter().all(|(_, _, r)| r.last_log_index <= Some(0));
+                    if fresh && seed && reachable * 2 > cfg.seeds.len() {
+                        tracing::info!(peer, "the seeds are bootstrapping: joining them");
+                        self.initialize_seeds().await;
+                        return Ok(());
+                    }
+                    log_once(
+                        "pristine store: a cluster exists, waiting for its leader to tell whether this node ran in it",
+                    );
+                    tokio::select! {
+                        _ = self.inner.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                    }
+                    continue;
+                };
+                // A seed starting after the others (first start): the same membership.
+                if let Some(cmd) = self.inner.registration.clone() {
+                    if let Err(e) = self.register(leader, addr, cmd).await {
+                        log_once("pristine store: could not register with the leader yet, retrying");
+                        tracing::debug!(leader, "registration: {e}");
+                        tokio::select! {
+                            _ = self.inner.cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                        }
+                        continue;
+                    }
+                }
+                tracing::info!(peer = leader, "a cluster exists that this node never ran in: joining it");
+                if seed {
+                    self.initialize_seeds().await;
+                }
                 return Ok(());
             }
             if !seed {
                 tracing::info!("not a seed: waiting to be added to the cluster");
                 return Ok(());
             }
-            let reachable = 1 + answers.iter().filter(|(_, r)| r.is_some()).count();
+            let reachable = 1 + answers.iter().filter(|(_, _, r)| r.is_some()).count();
             if reachable * 2 > cfg.seeds.len() {
                 self.initialize_seeds().await;
                 return Ok(());
             }
-            if !waiting_logged {
-                tracing::info!(
-                    reachable,
-                    seeds = cfg.seeds.len(),
-                    "pristine store: waiting for a majority of the seeds before bootstrapping"
-                );
-                waiting_logged = true;
-            }
+            log_once("pristine store: waiting for a majority of the seeds before bootstrapping");
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             }
         }
+    }
+
+    /// Commit this node's registration through the leader `leader` at `addr` (this node is
+    /// not part of the cluster's traffic yet, so it cannot use `propose`).
+    async fn register(&self, leader: u64, addr: &str, cmd: S::Command) -> Result<(), String> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let props = vec![Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd }];
+        let body = encode(&props).map_err(|e| e.to_string())?;
+        let mut client =
+            net::client(net::channel(&self.inner.me, addr, self.inner.cfg.election_min).map_err(|e| e.to_string())?);
+        let req = net::request(&self.inner.me, leader, Bytes::from(body));
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.forward(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|s| s.to_string())?;
+        let r: WriteResult = decode_raft(resp.get_ref()).map_err(|e| e.to_string())?;
+        r.map(|_| ()).map_err(|e| e.to_string())
     }
 
     async fn initialize_seeds(&self) {

@@ -52,6 +52,12 @@ impl strait_raft::StateMachine for ClusterState {
         events.push((self.s.view, vec![Change::Reset(Box::new(self.s.clone()))]));
         Ok(())
     }
+
+    /// A node registers (`Join`) after every start, and before it takes Raft traffic on a
+    /// first start into an existing cluster; `Leave` (its removal) forgets it.
+    fn registered(&self, id: u64) -> bool {
+        self.s.nodes.contains_key(&id)
+    }
 }
 
 /// Format 3, read only.

@@ -181,7 +181,11 @@ impl Cluster {
         let routes = peer::routes(me.clone(), Arc::new(Receiver { broker: Arc::downgrade(&broker) }), faults.clone());
         let (etx, erx) = mpsc::unbounded_channel();
         let raft_dir = cfg.node.data_dir.join("raft");
-        let raft = RaftNode::start_with(rcfg, &raft_dir, listener, Some(routes), Some(etx), faults.clone()).await?;
+        let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
+        let registration = Some(Command::Join(info.clone()));
+        let raft =
+            RaftNode::start_with(rcfg, &raft_dir, listener, Some(routes), Some(etx), faults.clone(), registration)
+                .await?;
         let (view_tx, view_rx) = watch::channel(0u64);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|this| Cluster {
@@ -208,7 +212,6 @@ impl Cluster {
         let span = tracing::info_span!("cluster", node = %cfg.node.name);
         tracker.spawn(applier(broker.clone(), id, erx, view_tx, links, cancel.clone()).instrument(span.clone()));
         tracker.spawn(ack_batcher(cluster.clone(), ack_rx).instrument(span.clone()));
-        let info = NodeInfo { id, name: cfg.node.name.clone(), raft: advertise, mqtt, api };
         tracker.spawn(announce(cluster.clone(), info).instrument(span.clone()));
         tracker.spawn(leader_duties(cluster.clone()).instrument(span.clone()));
         // A node that finds its store lost (the cluster still counts it) must not serve at all:

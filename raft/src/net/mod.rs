@@ -81,6 +81,13 @@ pub struct ProbeReply {
     pub term: u64,
     /// On the leader: the last log index each member is known to hold (None: nothing yet).
     pub matched: Option<std::collections::BTreeMap<u64, Option<u64>>>,
+    /// Whether this node's applied state records the caller as registered (it ran as a member).
+    #[serde(default)]
+    pub registered: bool,
+    /// This node confirmed it is the leader and applied everything committed before it
+    /// answered (a linearizable read): a `registered: false` from it is the cluster's answer.
+    #[serde(default)]
+    pub linearized: bool,
 }
 
 /// Ask the node at `addr` (id `target`) about its cluster; None: no answer within `ttl`.
@@ -457,6 +464,7 @@ impl RaftNetworkV2<C> for Peer {
 /// The gRPC service in front of a node's Raft.
 pub struct Service<S: StateMachine> {
     pub(crate) raft: RaftHandle<S>,
+    pub(crate) sm: crate::store::StateMachineStore<S>,
     pub(crate) me: Identity,
     pub(crate) faults: Arc<Faults>,
     /// Raft traffic taken (false while a pristine store's identity is being checked).
@@ -572,9 +580,28 @@ impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
     async fn probe(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.admit(&request).await?;
         let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        let caller =
+            request.metadata().get(META_FROM).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        // On the leader, a read that sees every committed entry (bounded: a leader that cannot
+        // reach a majority answers without it).
+        let linearized = initialized
+            && matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+        let registered = match caller {
+            Some(id) => self.sm.read(|s| s.registered(id)).await,
+            None => false,
+        };
         let m = openraft::type_config::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics()).clone();
         let membership = m.membership_config.membership();
         reply(&ProbeReply {
+            registered,
+            linearized,
             initialized,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
