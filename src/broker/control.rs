@@ -71,14 +71,17 @@ pub enum Op {
     },
     /// An inbound QoS 2 message (`ops`: its Enqueue, Retain, Deliver): applied only if the
     /// session has not received `pkid` before; else `Outcome::Duplicate`.
+    /// `epoch`: the connection's (what it sent belongs to the session it was part of).
     Received {
         client_id: String,
+        epoch: u64,
         pkid: u16,
         ops: Vec<Op>,
     },
     /// PUBREL of `pkid`: `Outcome::Stale` if the session did not hold it.
     Released {
         client_id: String,
+        epoch: u64,
         pkid: u16,
     },
 }

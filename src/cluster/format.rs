@@ -1,7 +1,9 @@
 //! The state machine as strait-raft runs it: apply a batch, write and restore snapshots.
 //!
-//! Snapshot formats: 4 (current), 3 (before sessions kept the packet ids of QoS 2 messages
-//! received and not yet released; read, converted with none).
+//! Snapshot formats: 5 (current); 4 (before sessions recorded the epoch they were created
+//! in; read, as created at epoch 0: every connection's QoS 2 ids count, as they did); 3 (before
+//! sessions kept the packet ids of QoS 2 messages received and not yet released; read,
+//! converted with none).
 
 use super::*;
 
@@ -41,7 +43,8 @@ impl strait_raft::StateMachine for ClusterState {
     fn restore(&mut self, bytes: &[u8], events: &mut Vec<(u64, Vec<Change>)>) -> Result<(), String> {
         let s: Snapshot = match bytes.split_first() {
             Some((&STATE_FORMAT, rest)) => decode(rest)?,
-            Some((3, rest)) => decode::<v3::Snapshot>(rest)?.into(),
+            Some((4, rest)) => decode::<old::Snapshot<old::V4>>(rest)?.into(),
+            Some((3, rest)) => decode::<old::Snapshot<old::V3>>(rest)?.into(),
             Some((v, _)) => return Err(format!("cluster state snapshot: unknown format {v}")),
             None => return Err("cluster state snapshot: empty".into()),
         };
@@ -60,17 +63,18 @@ impl strait_raft::StateMachine for ClusterState {
     }
 }
 
-/// Format 3, read only.
-mod v3 {
-    use std::collections::BTreeMap;
+/// Formats 3 and 4, read only.
+mod old {
+    use std::collections::{BTreeMap, BTreeSet};
 
     use serde::Deserialize;
 
     use super::super::{Seen, SessionEntry, Snapshot as Current};
     use super::*;
 
+    /// A session as format 3 wrote it.
     #[derive(Deserialize)]
-    pub struct Entry {
+    pub struct V3 {
         owner: u64,
         epoch: u64,
         connected: bool,
@@ -84,46 +88,59 @@ mod v3 {
         dropped: u64,
     }
 
+    /// Format 4: format 3's fields, then the QoS 2 packet ids received (bincode writes a
+    /// struct's fields one after the other, a nested struct's inline, so this reads them).
     #[derive(Deserialize)]
-    pub struct Snapshot {
+    pub struct V4 {
+        v3: V3,
+        received: BTreeSet<u16>,
+    }
+
+    impl From<V3> for SessionEntry {
+        fn from(e: V3) -> SessionEntry {
+            SessionEntry {
+                owner: e.owner,
+                epoch: e.epoch,
+                created: 0,
+                connected: e.connected,
+                protocol: e.protocol,
+                expiry_interval: e.expiry_interval,
+                disconnected_at_ms: e.disconnected_at_ms,
+                will: e.will,
+                link: e.link,
+                subscriptions: e.subscriptions,
+                queue: e.queue,
+                dropped: e.dropped,
+                queue_bytes: 0,
+                received: Default::default(),
+            }
+        }
+    }
+
+    impl From<V4> for SessionEntry {
+        fn from(e: V4) -> SessionEntry {
+            SessionEntry { received: e.received, ..e.v3.into() }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Snapshot<E> {
         view: u64,
         next_seq: u64,
         nodes: BTreeMap<u64, NodeInfo>,
-        sessions: BTreeMap<String, Entry>,
+        sessions: BTreeMap<String, E>,
         retained: BTreeMap<String, Message>,
         links: BTreeMap<String, Option<String>>,
         link_seen: BTreeMap<String, Seen>,
     }
 
-    impl From<Snapshot> for Current {
-        fn from(s: Snapshot) -> Current {
-            let sessions = s
-                .sessions
-                .into_iter()
-                .map(|(k, e)| {
-                    let entry = SessionEntry {
-                        owner: e.owner,
-                        epoch: e.epoch,
-                        connected: e.connected,
-                        protocol: e.protocol,
-                        expiry_interval: e.expiry_interval,
-                        disconnected_at_ms: e.disconnected_at_ms,
-                        will: e.will,
-                        link: e.link,
-                        subscriptions: e.subscriptions,
-                        queue: e.queue,
-                        dropped: e.dropped,
-                        queue_bytes: 0,
-                        received: Default::default(),
-                    };
-                    (k, entry)
-                })
-                .collect();
+    impl<E: Into<SessionEntry>> From<Snapshot<E>> for Current {
+        fn from(s: Snapshot<E>) -> Current {
             Current {
                 view: s.view,
                 next_seq: s.next_seq,
                 nodes: s.nodes,
-                sessions,
+                sessions: s.sessions.into_iter().map(|(k, e)| (k, e.into())).collect(),
                 retained: s.retained,
                 links: s.links,
                 link_seen: s.link_seen,

@@ -32,10 +32,13 @@ impl Cluster {
             }
             Op::Ack { client_id, seqs } => Command::Ack { client_id, seqs },
             Op::Deliver { msg, targets } => Command::Deliver { msg, targets },
-            Op::Received { client_id, pkid, ops } => {
-                Command::Received { client_id, pkid, cmds: ops.into_iter().map(|op| self.command(op)).collect() }
-            }
-            Op::Released { client_id, pkid } => Command::Released { client_id, pkid },
+            Op::Received { client_id, epoch, pkid, ops } => Command::ReceivedAt {
+                client_id,
+                epoch,
+                pkid,
+                cmds: ops.into_iter().map(|op| self.command(op)).collect(),
+            },
+            Op::Released { client_id, epoch, pkid } => Command::ReleasedAt { client_id, epoch, pkid },
         }
     }
 

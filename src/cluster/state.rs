@@ -20,7 +20,7 @@ pub use crate::broker::view::SessionMeta;
 use crate::mqtt::packet::{Protocol, Will};
 
 /// Format of `Command`s and snapshots (behind strait-raft's own version byte).
-pub const STATE_FORMAT: u8 = 4;
+pub const STATE_FORMAT: u8 = 5;
 
 pub use super::seen::Seen;
 
@@ -39,6 +39,9 @@ pub struct SessionEntry {
     pub owner: u64,
     /// Incremented by every CONNECT: changes made for an older connection are ignored.
     pub epoch: u64,
+    /// The epoch of the CONNECT that created this session (new, or clean start): what an
+    /// older connection did belonged to a session that is gone.
+    pub created: u64,
     pub connected: bool,
     pub protocol: Protocol,
     /// Seconds; 0 = the session ends with its connection; u32::MAX = never expires.
@@ -187,6 +190,21 @@ pub enum Command {
         client_id: String,
         pkid: u16,
     },
+    /// `Received` sent on the connection of `epoch`: recorded only in the session that
+    /// connection belonged to (a clean start since then made a new one, whose packet ids
+    /// are its own; `Received` and `Released` above are what format 4 wrote).
+    ReceivedAt {
+        client_id: String,
+        epoch: u64,
+        pkid: u16,
+        cmds: Vec<Command>,
+    },
+    /// `Released` sent on the connection of `epoch`.
+    ReleasedAt {
+        client_id: String,
+        epoch: u64,
+        pkid: u16,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,6 +345,7 @@ impl ClusterState {
                         SessionEntry {
                             owner: node,
                             epoch,
+                            created: epoch,
                             connected: true,
                             protocol,
                             expiry_interval,
@@ -541,29 +560,12 @@ impl ClusterState {
                 Outcome::Done
             }
             Command::Barrier => Outcome::Done,
-            Command::Received { client_id, pkid, cmds } => {
-                if let Some(e) = s.sessions.get_mut(&client_id) {
-                    if !e.received.insert(pkid) {
-                        return (Outcome::Duplicate, out);
-                    }
-                }
-                // (No session: its connection is gone with its node; applied, nothing recorded.)
-                let mut outcome = Outcome::Done;
-                for c in cmds {
-                    let (o, mut ch) = self.apply_one(c);
-                    out.append(&mut ch);
-                    if matches!(o, Outcome::Enqueued { .. }) {
-                        outcome = o;
-                    }
-                }
-                outcome
+            Command::Received { client_id, pkid, cmds } => return self.received(&client_id, None, pkid, cmds, out),
+            Command::ReceivedAt { client_id, epoch, pkid, cmds } => {
+                return self.received(&client_id, Some(epoch), pkid, cmds, out)
             }
-            Command::Released { client_id, pkid } => {
-                match s.sessions.get_mut(&client_id).map(|e| e.received.remove(&pkid)) {
-                    Some(true) => Outcome::Done,
-                    _ => Outcome::Stale,
-                }
-            }
+            Command::Released { client_id, pkid } => released(s, &client_id, None, pkid),
+            Command::ReleasedAt { client_id, epoch, pkid } => released(s, &client_id, Some(epoch), pkid),
             Command::Deliver { msg, targets } => {
                 let msg = Arc::new(msg);
                 for t in targets {
@@ -576,6 +578,45 @@ impl ClusterState {
             }
         };
         (outcome, out)
+    }
+
+    /// An inbound QoS 2 message sent on the connection of `epoch` (None: not known, format 4):
+    /// `cmds` apply unless the session already holds `pkid`. Recorded only in the session the
+    /// connection belonged to; with no such session (ended, or replaced by a clean start) it
+    /// is applied and nothing is recorded (its client will not resend it).
+    fn received(
+        &mut self,
+        client_id: &str,
+        epoch: Option<u64>,
+        pkid: u16,
+        cmds: Vec<Command>,
+        mut out: Vec<Change>,
+    ) -> (Outcome, Vec<Change>) {
+        if let Some(e) = self.s.sessions.get_mut(client_id) {
+            if epoch.is_none_or(|ep| ep >= e.created) && !e.received.insert(pkid) {
+                return (Outcome::Duplicate, out);
+            }
+        }
+        let mut outcome = Outcome::Done;
+        for c in cmds {
+            let (o, mut ch) = self.apply_one(c);
+            out.append(&mut ch);
+            if matches!(o, Outcome::Enqueued { .. }) {
+                outcome = o;
+            }
+        }
+        (outcome, out)
+    }
+}
+
+/// PUBREL of `pkid` on the connection of `epoch` (None: not known): the session it belonged to
+/// forgets the id.
+fn released(s: &mut Snapshot, client_id: &str, epoch: Option<u64>, pkid: u16) -> Outcome {
+    let Some(e) = s.sessions.get_mut(client_id) else { return Outcome::Stale };
+    if epoch.is_none_or(|ep| ep >= e.created) && e.received.remove(&pkid) {
+        Outcome::Done
+    } else {
+        Outcome::Stale
     }
 }
 

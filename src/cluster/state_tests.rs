@@ -237,12 +237,85 @@ fn a_qos2_message_applies_once_per_packet_id_until_released() {
     assert!(st.s.sessions["pub"].received.is_empty());
 }
 
+/// The review's case: a QoS 2 message of a connection committed after the client connected
+/// again with a clean start must not take the new session's packet id (the new session's first
+/// message under that id would be dropped as a resend); its PUBREL must not release the new
+/// session's id either.
+#[test]
+fn a_qos2_message_of_a_replaced_session_does_not_touch_the_new_ones_ids() {
+    let mut st = ClusterState::default();
+    persistent(&mut st, "pub", 1); // epoch 1
+    persistent(&mut st, "sub", 2);
+    let received = |epoch, pkid| Command::ReceivedAt {
+        client_id: "pub".into(),
+        epoch,
+        pkid,
+        cmds: vec![Command::Enqueue {
+            msg: msg("t"),
+            targets: vec![target("sub")],
+            bound: QueueBound { max_len: 100, max_bytes: 0, drop_oldest: true },
+        }],
+    };
+    persistent(&mut st, "pub", 3); // clean start: epoch 2, a new session
+    assert!(matches!(st.apply_one(received(1, 7)).0, Outcome::Enqueued { .. }), "the old one's is routed");
+    assert!(st.s.sessions["pub"].received.is_empty(), "and not recorded in the new session");
+    assert!(matches!(st.apply_one(received(2, 7)).0, Outcome::Enqueued { .. }), "the new one's own id 7");
+    assert!(matches!(st.apply_one(received(2, 7)).0, Outcome::Duplicate));
+    let release = |epoch| Command::ReleasedAt { client_id: "pub".into(), epoch, pkid: 7 };
+    assert!(matches!(st.apply_one(release(1)).0, Outcome::Stale), "the old connection's PUBREL");
+    assert!(matches!(st.apply_one(received(2, 7)).0, Outcome::Duplicate), "still held");
+    assert!(matches!(st.apply_one(release(2)).0, Outcome::Done));
+
+    // A session resumed (no clean start) is the same session: an older connection's message
+    // counts in it, so the client's resend on the new connection is recognised.
+    st.apply_one(Command::Connect {
+        client_id: "pub".into(),
+        node: 1,
+        protocol: Protocol::V5,
+        clean_start: false,
+        expiry_interval: 600,
+        will: None,
+        link: None,
+    }); // epoch 3, created 2
+    assert!(matches!(st.apply_one(received(2, 8)).0, Outcome::Enqueued { .. }));
+    assert!(matches!(st.apply_one(received(3, 8)).0, Outcome::Duplicate));
+}
+
+/// Format 4 (sessions without the epoch they were created in): read, every connection's ids
+/// counting as before.
+#[test]
+fn a_format_4_snapshot_is_still_read() {
+    let mut st = ClusterState::default();
+    persistent(&mut st, "pub", 1);
+    st.s.sessions.get_mut("pub").expect("pub").received.insert(7);
+    let s = &st.s;
+    // Format 4's layout: a session's fields without `created` (bincode writes a struct as its
+    // fields in order, as it writes a tuple).
+    let sessions: BTreeMap<&String, _> = s
+        .sessions
+        .iter()
+        .map(|(k, e)| {
+            let v4 = (e.owner, e.epoch, e.connected, &e.protocol, e.expiry_interval, &e.disconnected_at_ms);
+            (k, (v4, &e.will, &e.link, &e.subscriptions, &e.queue, e.dropped, &e.received))
+        })
+        .collect();
+    let v4 = (s.view, s.next_seq, &s.nodes, sessions, &s.retained, &s.links, &s.link_seen);
+    let mut bytes = vec![4];
+    bytes.extend(bincode::serde::encode_to_vec(v4, bincode::config::standard()).expect("encode"));
+    let mut copy = ClusterState::default();
+    copy.restore(&bytes, &mut Vec::new()).expect("a format 4 snapshot restores");
+    let e = &copy.s.sessions["pub"];
+    assert_eq!((e.epoch, e.created, e.received.iter().copied().collect::<Vec<_>>()), (1, 0, vec![7]));
+    let dup = Command::ReceivedAt { client_id: "pub".into(), epoch: 1, pkid: 7, cmds: Vec::new() };
+    assert!(matches!(copy.apply_one(dup).0, Outcome::Duplicate));
+}
+
 #[test]
 fn a_format_3_snapshot_is_still_read() {
     let mut st = ClusterState::default();
     st.apply_one(Command::Retain { msg: msg("kept") });
     let mut bytes = st.snapshot().expect("snapshot");
-    // Without sessions, formats 3 and 4 encode the same.
+    // Without sessions, formats 3, 4 and 5 encode the same.
     bytes[0] = 3;
     let mut copy = ClusterState::default();
     copy.restore(&bytes, &mut Vec::new()).expect("a format 3 snapshot restores");

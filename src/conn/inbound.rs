@@ -196,7 +196,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 if let Some(c) = self.broker.replica() {
                     // PUBCOMP lets the client reuse the packet id: only once no node would
                     // take its next message under that id for a resend.
-                    let op = Op::Released { client_id: live.client_id.to_string(), pkid: r.packet_id };
+                    let epoch = live.session.epoch.load(std::sync::atomic::Ordering::Acquire);
+                    let op = Op::Released { client_id: live.client_id.to_string(), epoch, pkid: r.packet_id };
                     let rx = c.commit(vec![op]);
                     live.pending.push_back(Pending::Wait(rx, After::PubComp { pkid: r.packet_id, found }));
                     return None;
@@ -427,7 +428,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         // Counted against the Receive Maximum from now on (and a resend on this connection
         // waits behind this acknowledgement); taken back if the commit fails.
         live.session.lock().awaiting_rel.insert(pkid);
-        let rx = c.commit(vec![Op::Received { client_id: live.client_id.to_string(), pkid, ops }]);
+        let epoch = live.session.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let rx = c.commit(vec![Op::Received { client_id: live.client_id.to_string(), epoch, pkid, ops }]);
         live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos: QoS::ExactlyOnce, code }));
     }
 
