@@ -11,6 +11,8 @@ pub(super) async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus
     let mut failed_in_round = 0usize;
     let mut last_logged: Option<String> = None;
     let mut leadership = ctx.cluster().map(|c| c.raft.leadership());
+    // The term in which this node last committed its read barrier (see `run`).
+    let mut barrier = None;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -34,7 +36,7 @@ pub(super) async fn supervise(link: LinkConfig, ctx: Ctx, status: Arc<LinkStatus
         };
         let addr = format!("{}:{}", server.host, server.port);
         status.set("connecting", Some(addr.clone()), None);
-        match run(&link, &ctx, &status, &server.host, server.port).await {
+        match run(&link, &ctx, &status, (&server.host, server.port), &mut barrier).await {
             Ok(()) => {
                 status.set("standby", None, None);
                 last_logged = None;
@@ -94,6 +96,11 @@ pub(super) fn options(link: &LinkConfig, ctx: &Ctx, host: &str, port: u16, clean
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_manual_acks(true);
     opts.set_receive_maximum(Some(link.max_inflight.max(1)));
+    // The link client publishes nothing; its SUBSCRIBE/UNSUBSCRIBE packets take packet ids from
+    // the same window, at most `routes::OUTSTANDING` at a time. rumqttc sizes a table by this
+    // bound (65,535 by default: ~8 MB allocated and cleared per connection attempt, a tenth of
+    // an idle leader's CPU while the remote was down).
+    opts.set_outgoing_inflight_upper_limit((super::routes::OUTSTANDING * 8) as u16);
     let (actor, term) = match ctx.cluster() {
         Some(c) => (c.node_name.clone(), c.raft.metrics().current_term),
         None => (ctx.me.clone(), 0),
@@ -167,22 +174,28 @@ pub(super) async fn farewell(link: LinkConfig, ctx: Ctx) {
 }
 
 /// One link connection, until it fails (Err, with whether it had connected), or this node
-/// stops leading or the link stops (Ok).
+/// stops leading or the link stops (Ok). `barrier`: the term of this node's last read barrier.
 pub(super) async fn run(
     link: &LinkConfig,
     ctx: &Ctx,
     status: &Arc<LinkStatus>,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
+    barrier: &mut Option<u64>,
 ) -> Result<(), (String, bool)> {
     let (broker, cancel) = (&ctx.broker, &ctx.cancel);
     if let Some(c) = ctx.cluster() {
         // A new leader's view may lag the log: read through a committed barrier first, or the
         // route bootstrap would remove routes at the remote that subscribers here still want.
+        // Once per term: after it, this leader's view follows its own commits (a remote that
+        // stays down was a Raft commit on every node every few seconds).
         if !c.is_ready() {
             return Err(("this node has not caught up with the cluster yet".into(), false));
         }
-        c.commit_wait(vec![Command::Barrier]).await.map_err(|e| (format!("read barrier: {e}"), false))?;
+        let term = c.raft.leadership().borrow().term;
+        if *barrier != Some(term) {
+            c.commit_wait(vec![Command::Barrier]).await.map_err(|e| (format!("read barrier: {e}"), false))?;
+            *barrier = Some(term);
+        }
     }
     let opts = options(link, ctx, host, port, false).map_err(|e| (e, false))?;
     let (client, mut el) = AsyncClient::new(opts, 1024.max(2 * usize::from(link.max_inflight)));

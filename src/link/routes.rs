@@ -24,7 +24,7 @@ use crate::mqtt::topic;
 pub const BATCH: usize = 4000;
 /// Route requests (SUBSCRIBE/UNSUBSCRIBE) sent and not yet acknowledged, at most: each is one
 /// commit at the remote; more in flight would only queue there.
-const OUTSTANDING: usize = 8;
+pub(super) const OUTSTANDING: usize = 8;
 /// Bytes of a SUBSCRIBE besides its filters.
 const PACKET_OVERHEAD: usize = 64;
 

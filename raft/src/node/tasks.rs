@@ -3,8 +3,10 @@
 
 use super::*;
 
-/// Keeps `tx` up to date, waking only when openraft's metrics say something that matters
-/// changed (role, leader, term, quorum acknowledgement) or when a lease is due to run out.
+/// Keeps `tx` up to date, waking only when openraft's server metrics change (role, leader,
+/// vote, membership) or when a lease is due to run out. (Its full metrics change with every
+/// heartbeat answer on a leader; waking on them was 20 wake-ups a second on an idle leader.)
+/// A leader's lease is re-read when it would run out: renewed by then, it is extended.
 ///
 /// On a follower, "heard from the leader" lives in openraft's core (`vote_last_modified`), and
 /// asking for it makes the core publish its metrics again. Asking on every metrics change was a
@@ -17,7 +19,8 @@ pub(super) async fn watch_leadership<S: StateMachine>(
     fatal: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
-    let mut metrics = raft.metrics();
+    let metrics = raft.metrics();
+    let mut server = raft.server_metrics();
     let lease = cfg.lease();
     // While a follower knows a leader but has no lease, nothing it watches tells it when the
     // leader's heartbeats come back: it asks again at this pace (only in that state).
@@ -27,6 +30,12 @@ pub(super) async fn watch_leadership<S: StateMachine>(
     let mut recheck: Option<Instant> = None;
     loop {
         let (state, leader, term, acked, sole_voter) = {
+            // Role, leader and term from the server metrics (the full metrics are sent after
+            // them, so they can be a moment behind); the rest from the full metrics.
+            let (state, leader, term) = {
+                let sm = server.borrow_watched();
+                (sm.state, sm.current_leader, sm.vote.leader_id.term)
+            };
             let m = metrics.borrow_watched();
             if let Err(e) = &m.running_state {
                 // Raft stopped on its own (a storage error: a full disk, a failing device; or
@@ -39,7 +48,7 @@ pub(super) async fn watch_leadership<S: StateMachine>(
                 break;
             }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.state, m.current_leader, m.current_term, m.last_quorum_acked, voters == [cfg.id])
+            (state, leader, term, m.last_quorum_acked, voters == [cfg.id])
         };
         let key = (state, leader, term);
         let due = recheck.is_some_and(|t| Instant::now() >= t);
@@ -51,6 +60,9 @@ pub(super) async fn watch_leadership<S: StateMachine>(
                     // Re-evaluated when the quorum acknowledgement would be too old.
                     let left = acked.map(|t| lease.saturating_sub(t.elapsed())).unwrap_or_default();
                     recheck = Some(Instant::now() + left + Duration::from_millis(1));
+                } else if !ok {
+                    // Until a quorum answers (nothing else here wakes on it).
+                    recheck = Some(Instant::now() + retry);
                 }
                 ok
             }
@@ -99,9 +111,14 @@ pub(super) async fn watch_leadership<S: StateMachine>(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            r = metrics.changed() => if r.is_err() {
-                // The core is gone without a word (it panicked).
-                if !cancel.is_cancelled() {
+            r = server.changed() => if r.is_err() {
+                // The core is gone. On a storage error it said so in its metrics first.
+                if let Err(e) = &metrics.borrow_watched().running_state {
+                    if !cancel.is_cancelled() && !matches!(e, openraft::errors::Fatal::Stopped) {
+                        tracing::error!("raft stopped: {e}");
+                        fatal.send_replace(Some(format!("raft stopped: {e}")));
+                    }
+                } else if !cancel.is_cancelled() {
                     tracing::error!("raft stopped: its core ended");
                     fatal.send_replace(Some("raft stopped: its core ended (panicked)".into()));
                 }
@@ -109,6 +126,35 @@ pub(super) async fn watch_leadership<S: StateMachine>(
                 break;
             },
             _ = sleep => {}
+        }
+    }
+}
+
+/// The leader's heartbeats, every `every` while this node leads (openraft's own are off: see
+/// `RaftConfig::openraft`). Waits, without waking, while it does not lead.
+pub(super) async fn heartbeats<S: StateMachine>(
+    raft: RaftHandle<S>,
+    every: Duration,
+    mut leadership: watch::Receiver<Leadership>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = leadership.wait_for(|l| l.state == ServerState::Leader) => if r.is_err() { return },
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while leadership.borrow().state == ServerState::Leader {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    if raft.trigger().heartbeat().await.is_err() {
+                        return;
+                    }
+                }
+                r = leadership.changed() => if r.is_err() { return },
+            }
         }
     }
 }

@@ -46,7 +46,10 @@ pub fn open_with<S: StateMachine>(
 ) -> Result<(LogStore, StateMachineStore<S>), std::io::Error> {
     // sled's page cache defaults to 1 GiB and grows toward it with the log; the log is
     // written once and read rarely (catch-up), so a small cache costs nothing.
-    let cfg = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+    // No background flusher: every write that must last is flushed before it is acknowledged
+    // (log appends, truncations, purges, votes, snapshots), and the rest (the committed id)
+    // rides on the next of those. sled's flusher woke twice a second on an idle node.
+    let cfg = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None);
     // A store closed a moment ago can still be locked by sled's flusher thread: a quick
     // reopen waits for it, briefly (another live process holding it is refused after that).
     // (10 s: a loaded machine delayed the flusher past 2 s once in CI, in the storage suite's
