@@ -131,7 +131,9 @@ pub(super) async fn watch_leadership<S: StateMachine>(
 }
 
 /// The leader's heartbeats, every `every` while this node leads (openraft's own are off: see
-/// `RaftConfig::openraft`). Waits, without waking, while it does not lead.
+/// `RaftConfig::openraft`). Waits, without waking, while it does not lead. openraft's timer
+/// tick is off while this node leads: on a leader it only checks the election timer (which a
+/// leader skips) and the heartbeat (sent here).
 pub(super) async fn heartbeats<S: StateMachine>(
     raft: RaftHandle<S>,
     every: Duration,
@@ -143,6 +145,7 @@ pub(super) async fn heartbeats<S: StateMachine>(
             _ = cancel.cancelled() => return,
             r = leadership.wait_for(|l| l.state == ServerState::Leader) => if r.is_err() { return },
         }
+        raft.runtime_config().tick(false);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while leadership.borrow().state == ServerState::Leader {
@@ -156,6 +159,8 @@ pub(super) async fn heartbeats<S: StateMachine>(
                 r = leadership.changed() => if r.is_err() { return },
             }
         }
+        // A follower or candidate again: its election timer runs on the tick.
+        raft.runtime_config().tick(true);
     }
 }
 
