@@ -164,7 +164,11 @@ impl Cluster {
             seeds: seed_map,
             heartbeat: t.heartbeat_interval,
             election_min: t.election_timeout,
-            election_max: t.election_timeout * 2,
+            // openraft's followers refuse a (pre-)vote until `election_max` after they last
+            // heard from the leader, and a refused round waits a whole new timeout: a failover
+            // takes about two timeouts. A narrow window keeps that near 2 x 300 ms (it was up
+            // to 2 x 600 with max = 2 x min); the timeout is sampled again every round.
+            election_max: (t.election_timeout * 6 / 5).max(t.election_timeout + Duration::from_millis(1)),
             snapshot_every: t.snapshot_every,
             keep_after_snapshot: 1_000,
             propose_timeout: t.commit_timeout,

@@ -20,6 +20,9 @@ pub(super) async fn watch_leadership<S: StateMachine>(
     cancel: CancellationToken,
 ) {
     let metrics = raft.metrics();
+    // The same, awaited only while leading without a lease (a change seen while not awaited
+    // wakes it once, harmlessly).
+    let mut full = raft.metrics();
     let mut server = raft.server_metrics();
     let lease = cfg.lease();
     // While a follower knows a leader but has no lease, nothing it watches tells it when the
@@ -109,8 +112,18 @@ pub(super) async fn watch_leadership<S: StateMachine>(
                 None => std::future::pending().await,
             }
         };
+        // A leader without its lease yet: the first quorum acknowledgement (in the full
+        // metrics) gives it, at once rather than at the next recheck.
+        let acked_wait = async {
+            if state == ServerState::Leader && !lease_ok {
+                let _ = full.changed().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = acked_wait => {}
             r = server.changed() => if r.is_err() {
                 // The core is gone. On a storage error it said so in its metrics first.
                 if let Err(e) = &metrics.borrow_watched().running_state {
