@@ -325,6 +325,24 @@ impl Db {
         None
     }
 
+    /// The node of `region` that serves the other region's link client (`clink-<other>`), as
+    /// the region's members report it (the connected session's owner).
+    pub fn link_server(&self, region: usize, other: usize) -> Option<u32> {
+        let client = format!("clink-{}", self.regions.get(other)?.name);
+        for &id in &self.regions.get(region)?.ids {
+            let Ok(body) = http_get(api_addr(id), &format!("/api/v5/clients/{client}")) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            if v["connected"] != true {
+                continue;
+            }
+            let owner = v["node_id"].as_str()?.to_string();
+            let c: serde_json::Value = serde_json::from_str(&http_get(api_addr(id), "/api/v5/cluster").ok()?).ok()?;
+            let node = c["nodes"].as_array()?.iter().find(|n| n["id"] == owner.as_str())?;
+            return node["name"].as_str()?.strip_prefix('n')?.split('@').next()?.parse().ok();
+        }
+        None
+    }
+
     /// Waits until every node of every region reports its cluster available.
     pub fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;

@@ -3,6 +3,7 @@
 //! never the broker's library internals.
 
 pub mod check;
+pub mod dark;
 pub mod db;
 pub mod disk;
 pub mod history;

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::{self, CheckConfig, Verdict};
+use crate::dark;
 use crate::db::{self, Db, Region};
 use crate::disk;
 use crate::history::{Kind, Phase, Recorder, F, NEMESIS};
@@ -36,6 +37,11 @@ pub enum Fault {
     LinkCut,
     /// SIGKILL the leader of the receiving region (it holds the link that pulls the messages).
     KillLinkHolder,
+    /// SIGKILL the sending region's node that serves the receiving region's link client.
+    KillLinkServer,
+    /// Cut the sending region's node that serves the link client from its region's other
+    /// nodes (a minority of one; the link client still reaches it).
+    IsolateLinkServer,
     /// A node's data directory wiped while it is down; it must refuse to start, then rejoins.
     WipeNode,
     /// A node's Raft store cut to half, or 4 KiB of it overwritten, while it is down.
@@ -137,6 +143,17 @@ pub fn scenarios() -> Vec<Scenario> {
             offline_subs: false,
         },
         Scenario {
+            name: "link-sending-faults",
+            about: "two linked regions; the sending region's node that serves the link killed, or cut \
+                    from its region (a minority of one); the dark window is checked",
+            faults: &[KillLinkServer, IsolateLinkServer],
+            nodes: 3,
+            linked: true,
+            qos: 1,
+            ci: true,
+            offline_subs: false,
+        },
+        Scenario {
             name: "link-kill-holder-qos2",
             about: "two linked regions, QoS 2 end to end; SIGKILL the link holder (no duplicates)",
             faults: &[KillLinkHolder],
@@ -224,6 +241,8 @@ fn fault_name(f: Fault) -> &'static str {
         ClockSkew => "clock-skew",
         LinkCut => "link-cut",
         KillLinkHolder => "kill-link-holder",
+        KillLinkServer => "kill-link-server",
+        IsolateLinkServer => "isolate-link-server",
         WipeNode => "wipe-node",
         TruncateStore => "truncate-store",
         PowerLoss => "power-loss",
@@ -231,13 +250,22 @@ fn fault_name(f: Fault) -> &'static str {
     }
 }
 
-/// The region whose nodes the fault targets: the receiving one when linked.
+/// The region of the subscribers, and whose nodes most faults target: the receiving one when
+/// linked.
 fn target_region(linked: bool) -> usize {
     usize::from(linked)
 }
 
+/// The longest a linked run may go without a message crossing after a fault starts or heals:
+/// a link that lost every server waits the shipped `retry_interval` (5 s, +20 % jitter) before
+/// its next round, then connects (one failover, ~1 s).
+const DARK_BOUND_MS: u64 = 10_000;
+
+/// Faults aimed at the sending region (the publishers' one).
+const SENDING_SIDE: &[Fault] = &[KillLinkServer, IsolateLinkServer];
+
 fn start_fault(f: Fault, net: &Net, db: &mut Db, linked: bool, rng: &mut StdRng) -> anyhow::Result<Active> {
-    let region = target_region(linked);
+    let region = if SENDING_SIDE.contains(&f) { 0 } else { target_region(linked) };
     let ids = db.regions[region].ids.clone();
     let pick = |rng: &mut StdRng| ids[rng.random_range(0..ids.len())];
     let leader = |db: &Db, rng: &mut StdRng| db.leader(region).unwrap_or_else(|| ids[rng.random_range(0..ids.len())]);
@@ -286,6 +314,17 @@ fn start_fault(f: Fault, net: &Net, db: &mut Db, linked: bool, rng: &mut StdRng)
             db.kill(n)?;
             a.nodes = vec![n];
         }
+        KillLinkServer | IsolateLinkServer => {
+            let n = db.link_server(region, 1).unwrap_or_else(|| pick(rng));
+            if f == KillLinkServer {
+                db.kill(n)?;
+            } else {
+                let rest: Vec<u32> = ids.iter().copied().filter(|i| *i != n).collect();
+                net.cut(&net::split(&[vec![n], rest]))?;
+                a.minority = vec![n];
+            }
+            a.nodes = vec![n];
+        }
         ClockSkew => {
             for &n in &ids {
                 let s: i64 = rng.random_range(-60..=60);
@@ -332,7 +371,7 @@ fn stop_fault(a: &Active, net: &Net, db: &mut Db) -> anyhow::Result<Option<disk:
                 db.resume(n)?;
             }
         }
-        KillNode | KillLeader | KillLinkHolder | PowerLoss => {
+        KillNode | KillLeader | KillLinkHolder | KillLinkServer | PowerLoss => {
             for &n in &a.nodes {
                 db.start(net, n)?;
             }
@@ -631,6 +670,9 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
         checked: all_nodes.len() as u64,
     });
     verdicts.push(converged);
+    if s.linked {
+        verdicts.push(dark::dark_window(&ops, DARK_BOUND_MS));
+    }
     if s.faults.iter().any(|f| matches!(f, WipeNode | TruncateStore | DiskFull)) {
         verdicts.push(disk::verdict(&disk_outcomes));
     }
