@@ -87,6 +87,29 @@ async fn one_broker_across_three_nodes() {
         vec![("q0".into(), QoS::AtMostOnce), ("q1".into(), QoS::AtLeastOnce), ("q2".into(), QoS::ExactlyOnce)]
     );
 
+    tracing::info!("== a burst of QoS 2, 1, 0 not waiting for acks: publisher order on every node");
+    let (mut s1, _) = v5_ok(p1, "s1", true, 0).await;
+    assert_eq!(s1.subscribe("a/+", QoS::ExactlyOnce).await, vec![2]);
+    let burst: Vec<(String, QoS)> =
+        (0..30).map(|i| (format!("o{i}"), [QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::AtMostOnce][i % 3])).collect();
+    for (i, (payload, q)) in burst.iter().enumerate() {
+        pubr.send(&Packet::Publish(publish("a/o", *q, payload.as_bytes(), 40 + i as u16))).await;
+    }
+    let mut acked = 0;
+    while acked < 20 {
+        match pubr.next(Duration::from_secs(5)).await {
+            Got::Packet(Packet::PubRec(r)) => pubr.send(&Packet::PubRel(PubResp::new(r.packet_id, 0))).await,
+            Got::Packet(Packet::PubAck(_) | Packet::PubComp(_)) => acked += 1,
+            Got::Packet(_) => {}
+            other => panic!("publisher: {acked} of 20 acknowledged: {other:?}"),
+        }
+    }
+    let want: Vec<String> = burst.iter().map(|(p, _)| p.clone()).collect();
+    for (name, s) in [("node 1", &mut s1), ("node 2", &mut s2), ("node 3", &mut s3)] {
+        let got: Vec<String> = receive(s, 30).await.into_iter().map(|g| g.0).collect();
+        assert_eq!(got, want, "subscriber on {name}: the publisher's order");
+    }
+
     tracing::info!("== retained set on node 1, read on node 3");
     let mut r = publish("cfg/x", QoS::AtLeastOnce, b"retained-1", 20);
     r.retain = true;

@@ -63,13 +63,7 @@ pub enum Op {
         client_id: String,
         seqs: Vec<u64>,
     },
-    /// Deliveries to sessions without a replicated queue, made by each session's node when it
-    /// applies this (so they happen once, with the commit, wherever the session lives).
-    Deliver {
-        msg: Message,
-        targets: Vec<Target>,
-    },
-    /// An inbound QoS 2 message (`ops`: its Enqueue, Retain, Deliver): applied only if the
+    /// An inbound QoS 2 message (`ops`: its Enqueue, Retain): applied only if the
     /// session has not received `pkid` before; else `Outcome::Duplicate`.
     /// `epoch`: the connection's (what it sent belongs to the session it was part of).
     Received {

@@ -31,7 +31,6 @@ impl Cluster {
                 Command::Enqueue { msg, targets, bound }
             }
             Op::Ack { client_id, seqs } => Command::Ack { client_id, seqs },
-            Op::Deliver { msg, targets } => Command::Deliver { msg, targets },
             Op::Received { client_id, epoch, pkid, ops } => Command::ReceivedAt {
                 client_id,
                 epoch,

@@ -7,6 +7,10 @@ pub(super) enum Pending {
     Ready(Box<Packet>),
     /// Waiting for a cluster commit; then `then` is sent.
     Wait(Commit, After),
+    /// The deliveries of a PUBLISH that arrived while a QoS 2 message of this connection was
+    /// being committed: made after that message's, so every subscriber gets this publisher's
+    /// messages in the order it sent them (MQTT 4.6), whatever their QoS.
+    Route(Vec<Deferred>),
 }
 
 pub(super) enum After {
@@ -15,6 +19,9 @@ pub(super) enum After {
         pkid: u16,
         qos: QoS,
         code: u8,
+        /// A QoS 2 message's deliveries to connected sessions, made once its packet id is
+        /// committed as received (and not if it was a resend).
+        deferred: Vec<Deferred>,
     },
     /// SUBACK; `committed` are the positions whose subscriptions were proposed, `retained`
     /// what to send after it (filter, granted QoS, subscription id, only if new).
@@ -64,7 +71,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let Some(Pending::Wait(_, after)) = live.pending.pop_front() else { return None };
         let failed = r.as_ref().err().cloned();
         match after {
-            After::Publish { pkid, qos, code } => {
+            After::Publish { pkid, qos, code, deferred } => {
+                if !deferred.is_empty() {
+                    live.held -= 1;
+                }
                 if let Some(e) = failed {
                     // Not acknowledged: the client must resend it (to a node that can commit),
                     // and the replicated state (not this view) says whether it is a resend.
@@ -77,12 +87,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 // A connected persistent subscriber's replicated queue past half its bound:
                 // this publisher waits before reading on (flow control for a slow reader; an
                 // offline session never congests, its queue bound drops instead).
+                let mut resend = false;
                 for o in r.into_iter().flatten() {
-                    if let Outcome::Enqueued { congested: Some((cid, slow)) } = o {
-                        if live.throttle.is_none() && *cid != *live.client_id {
+                    match o {
+                        Outcome::Enqueued { congested: Some((cid, slow)) }
+                            if live.throttle.is_none() && *cid != *live.client_id =>
+                        {
                             live.throttle = Some(slow);
                         }
+                        Outcome::Duplicate => resend = true,
+                        _ => {}
                     }
+                }
+                if !resend {
+                    self.route(live, deferred);
                 }
                 match qos {
                     QoS::AtLeastOnce => {
@@ -156,12 +174,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 codec::encode(&Packet::UnsubAck(ack), live.protocol, &mut self.outbuf);
             }
         }
-        while let Some(Pending::Ready(_)) = live.pending.front() {
-            if let Some(Pending::Ready(p)) = live.pending.pop_front() {
-                codec::encode(&p, live.protocol, &mut self.outbuf);
+        while !matches!(live.pending.front(), None | Some(Pending::Wait(..))) {
+            match live.pending.pop_front() {
+                Some(Pending::Ready(p)) => codec::encode(&p, live.protocol, &mut self.outbuf),
+                Some(Pending::Route(deferred)) => {
+                    live.held -= 1;
+                    self.route(live, deferred);
+                }
+                _ => {}
             }
         }
         None
+    }
+
+    /// Make deliveries held back until now; the publisher waits on what they congest.
+    pub(super) fn route(&mut self, live: &mut Live, deferred: Vec<Deferred>) {
+        if deferred.is_empty() {
+            return;
+        }
+        if let Some(slow) = self.broker.run_deferred(deferred) {
+            if live.throttle.is_none() && !slow.is_session(&live.session) {
+                live.throttle = Some(slow);
+            }
+        }
     }
 }
 

@@ -284,6 +284,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             connect_expiry: expiry,
             throttle: None,
             pending: VecDeque::new(),
+            held: 0,
         };
         if attached.session_present {
             self.resend_inflight(&live);

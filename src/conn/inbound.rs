@@ -372,7 +372,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         return None;
                     }
                 }
-                let published = self.broker.publish(Arc::new(msg));
+                let published = if live.held > 0 {
+                    // Behind a QoS 2 message still being committed: delivered after it.
+                    let (published, deferred) = self.broker.publish_deferred(Arc::new(msg));
+                    if !deferred.is_empty() {
+                        live.pending.push_back(Pending::Route(deferred));
+                        live.held += 1;
+                    }
+                    published
+                } else {
+                    self.broker.publish(Arc::new(msg))
+                };
                 if let Some(slow) = published.congested {
                     // Never wait on our own queue: only this task drains it.
                     if !slow.is_session(&live.session) {
@@ -386,7 +396,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                         } else {
                             // Acknowledged only once committed (and in order with other acks).
                             let rx = c.commit(published.ops);
-                            live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos, code }));
+                            let after = After::Publish { pkid, qos, code, deferred: Vec::new() };
+                            live.pending.push_back(Pending::Wait(rx, after));
                             return None;
                         }
                     }
@@ -415,22 +426,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         None
     }
 
-    /// A QoS 2 message in a cluster: everything it does (queued, retained, delivered to
-    /// connected sessions on each node) is one commit applied once per packet id of the
-    /// session, so a resend after this node died (DUP, to another node) is not routed twice.
+    /// A QoS 2 message in a cluster: committed once per packet id of the session (queued for
+    /// persistent sessions, retained), so a resend after this node died (DUP, to another node)
+    /// is not routed twice. Its deliveries to connected sessions (here, or over the data plane
+    /// to their node) are made once that commit says it was no resend; they share the path of
+    /// this connection's QoS 0 and 1 messages, so a subscriber sees them in publisher order.
+    /// (A connected session's copy is as durable as that session: best effort if this node
+    /// dies between the commit and the delivery, as for QoS 1.)
     fn publish_exactly_once(&mut self, live: &mut Live, c: &dyn Replica, msg: Arc<Message>, pkid: u16, code: u8) {
-        let (published, deferred) = self.broker.publish_deferred(msg.clone());
-        let mut ops = published.ops;
-        let targets: Vec<Target> = deferred.into_iter().map(Deferred::into_target).collect();
-        if !targets.is_empty() {
-            ops.push(Op::Deliver { msg: (*msg).clone(), targets });
-        }
+        let (published, deferred) = self.broker.publish_deferred(msg);
         // Counted against the Receive Maximum from now on (and a resend on this connection
         // waits behind this acknowledgement); taken back if the commit fails.
         live.session.lock().awaiting_rel.insert(pkid);
         let epoch = live.session.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let ops = published.ops;
         let rx = c.commit(vec![Op::Received { client_id: live.client_id.to_string(), epoch, pkid, ops }]);
-        live.pending.push_back(Pending::Wait(rx, After::Publish { pkid, qos: QoS::ExactlyOnce, code }));
+        if !deferred.is_empty() {
+            live.held += 1;
+        }
+        let after = After::Publish { pkid, qos: QoS::ExactlyOnce, code, deferred };
+        live.pending.push_back(Pending::Wait(rx, after));
     }
 
     pub(super) fn on_subscribe(&mut self, live: &mut Live, s: Subscribe) -> Option<Close> {

@@ -21,9 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::AclAction;
-use crate::broker::control::{
-    Admission, Commit, CommitError, LinkAuth, LinkHello, LinkHooks, Op, Outcome, Replica, Target,
-};
+use crate::broker::control::{Admission, Commit, CommitError, LinkAuth, LinkHello, LinkHooks, Op, Outcome, Replica};
 use crate::broker::message::{now_ms, Delivery, Message};
 use crate::broker::session::{Inflight, Kick, Session};
 use crate::broker::Attached;
@@ -128,6 +126,9 @@ struct Live {
     throttle: Option<crate::broker::Congestion>,
     /// Acknowledgements in order, some waiting for cluster commits.
     pending: VecDeque<Pending>,
+    /// Entries of `pending` holding deliveries back (a QoS 2 message being committed, and the
+    /// messages published behind it): while any is, new messages' deliveries queue too.
+    held: usize,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
