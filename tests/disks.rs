@@ -23,6 +23,23 @@ async fn retained_at(c: &ProcCluster, i: usize, topic: &str) -> Option<Vec<u8>> 
     }
 }
 
+/// Make what every node has applied so far (B's registration among it) durable on node `on`
+/// too: a follower stores the commit index it learns without a flush of its own (the next
+/// append's flush carries it), and after a restart without a leader it knows only what its
+/// stored commit index covers. Two more entries, the second applied on `on`.
+async fn durable_everywhere(c: &ProcCluster, via: usize, on: usize) {
+    let (mut p, _) = Raw::connect(addr(c.nodes[via].mqtt), Protocol::V5, "warmer").await;
+    for (i, v) in [&b"1"[..], b"2"].into_iter().enumerate() {
+        let mut m = publish("disk/warm", QoS::AtLeastOnce, v, 1 + i as u16);
+        m.retain = true;
+        assert_eq!(p.publish(m).await, 0, "PUBACK of warm-up {i}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while retained_at(c, on, "disk/warm").await.as_deref() != Some(&b"2"[..]) {
+        assert!(std::time::Instant::now() < deadline, "node {on} did not apply the warm-up within 10 s");
+    }
+}
+
 /// The review's reproduction: C stopped; a QoS 1 retained message acknowledged (committed by A
 /// and B); A and B stopped; B's data directory wiped; B and C started. B used to bootstrap
 /// again and elect a leader with C: the acknowledged message gone, the replicas diverged for
@@ -34,6 +51,7 @@ async fn a_node_whose_store_is_wiped_refuses_to_start_and_rejoins_when_asked() {
     let (a, b, cc) = (0, 1, 2);
     let mut c = ProcCluster::start(3, "");
     c.wait_ready(&[0, 1, 2]).await;
+    durable_everywhere(&c, a, cc).await;
     c.kill(cc);
     let (mut p, _) = Raw::connect(addr(c.nodes[a].mqtt), Protocol::V5, "writer").await;
     let mut m = publish("disk/ack", QoS::AtLeastOnce, b"acknowledged", 1);

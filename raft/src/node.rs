@@ -152,6 +152,11 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// Leads, with or without a lease.
+    pub fn is_leader(&self) -> bool {
+        self.state == ServerState::Leader
+    }
+
     pub fn is_leader_with_lease(&self) -> bool {
         self.state == ServerState::Leader && self.lease
     }

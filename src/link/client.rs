@@ -218,6 +218,17 @@ pub(super) async fn run(
     let mut routes = RouteSync::new(&link.topics, link.retry_interval.max(Duration::from_millis(100)));
     let mut pending: VecDeque<Inbound> = VecDeque::new();
     let mut leadership = ctx.cluster().map(|c| c.raft.leadership());
+    // A leader whose lease lapsed for a moment (a heartbeat round stalled on a loaded machine)
+    // keeps the link: handing it over re-bootstraps every route and darkens the link for as
+    // long. What it applies still needs commits, so a deposed leader that does not know it yet
+    // acknowledges nothing, and the new leader's connection takes the session over (0x8E).
+    // It hands over when it stops leading, or after the grace a node cut off from its
+    // majority is given before it sheds its link sessions.
+    let lease_grace = ctx.cluster().map_or(Duration::ZERO, |c| {
+        let cfg = c.raft.config();
+        cfg.election_max + cfg.heartbeat * 2
+    });
+    let mut lease_lost: Option<tokio::time::Instant> = None;
     // Armed before the route table is read, re-armed before it is read again: no change is
     // missed between two reads.
     let mut routes_changed = Box::pin(broker.routes_changed.notified());
@@ -246,10 +257,21 @@ pub(super) async fn run(
                 routes.retry();
             }
             _ = leadership_changed(&mut leadership) => {
-                if !is_leader(ctx) {
-                    tracing::info!("link: no longer the leader; handing the link over");
-                    break Ok(());
+                let l = ctx.cluster().map(|c| c.leadership());
+                match l {
+                    Some(l) if !l.is_leader() => {
+                        tracing::info!("link: no longer the leader; handing the link over");
+                        break Ok(());
+                    }
+                    Some(l) if !l.lease => {
+                        lease_lost.get_or_insert_with(|| tokio::time::Instant::now() + lease_grace);
+                    }
+                    _ => lease_lost = None,
                 }
+            }
+            _ = sleep_until_some(lease_lost) => {
+                tracing::info!(grace = ?lease_grace, "link: leading without a lease past the grace; handing the link over");
+                break Ok(());
             }
             done = front_done(&mut pending), if !pending.is_empty() => {
                 let Some(f) = pending.pop_front() else { continue };

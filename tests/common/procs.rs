@@ -248,15 +248,20 @@ impl ProcCluster {
             if all_available && leaders.windows(2).all(|w| w[0] == w[1]) {
                 if let Some(Some(l)) = leaders.first() {
                     if let Some(idx) = self.nodes.iter().position(|n| &n.name == l) {
-                        // Every up node has announced its addresses.
-                        let known = sts[0].as_ref().map(|v| {
-                            up.iter().all(|i| {
-                                v["nodes"].as_array().is_some_and(|ns| {
-                                    ns.iter().any(|n| n["name"] == self.nodes[*i].name.as_str() && n["api"].is_string())
+                        // Every up node has announced its addresses, and every up node has
+                        // applied every announcement (a node's registration is what tells a
+                        // wiped node, later, that it ran: tests/disks.rs).
+                        let known = sts.iter().all(|s| {
+                            s.as_ref().is_some_and(|v| {
+                                up.iter().all(|i| {
+                                    v["nodes"].as_array().is_some_and(|ns| {
+                                        ns.iter()
+                                            .any(|n| n["name"] == self.nodes[*i].name.as_str() && n["api"].is_string())
+                                    })
                                 })
                             })
                         });
-                        if known == Some(true) {
+                        if known {
                             return idx;
                         }
                     }
