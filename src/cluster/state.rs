@@ -177,8 +177,10 @@ pub enum Command {
         msg: Message,
         targets: Vec<Target>,
     },
-    /// An inbound QoS 2 PUBLISH of `client_id` with `pkid`: `cmds` (its Enqueue, Retain and
-    /// Deliver) apply only if the session has not received `pkid` already. A client that
+    /// An inbound QoS 2 PUBLISH of `client_id` with `pkid`: `cmds` (its Enqueue and Retain;
+    /// entries written before session 11 also carry a Deliver, the deliveries to connected
+    /// sessions, which the publisher's connection now makes after the commit) apply only if
+    /// the session has not received `pkid` already. A client that
     /// resends after its node died (DUP, to another node) gets it applied once.
     Received {
         client_id: String,
