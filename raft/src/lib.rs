@@ -14,7 +14,6 @@
 pub mod dedup;
 pub mod net;
 pub mod node;
-pub mod stages;
 pub mod store;
 
 pub use dedup::{Applied, Proposal, RequestId};
