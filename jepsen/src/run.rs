@@ -601,11 +601,16 @@ fn execute(s: &Scenario, o: &Options, net: &Net, db: &mut Db, dir: &std::path::P
     let recovered = wait_probes_ok(&rec, &all_nodes, Duration::from_secs(60));
     tracing::info!(after_ms = healed.elapsed().as_millis() as u64, ok = recovered.is_ok(), "recovery");
     ctx.stop.store(true, Ordering::Relaxed);
-    // Drain: subscribers receive until 5 s without a delivery (at most 60 s).
+    // Drain: subscribers receive until 5 s without a delivery (at most 60 s), counted from the
+    // later of the last delivery and the publishers' stop. Counting from the last delivery
+    // alone ended the drain at once after a fault that had held every publisher (all on the
+    // faulted node, nothing delivered for 5 s): the messages published after the heal, still
+    // crossing the link, were then reported lost (CI, link-sending-faults, 2026-12-05).
+    let stopped = t0.elapsed();
     let drain_end = Instant::now() + Duration::from_secs(60);
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let last = Duration::from_micros(ctx.last_delivery.load(Ordering::Relaxed));
+        let last = Duration::from_micros(ctx.last_delivery.load(Ordering::Relaxed)).max(stopped);
         if t0.elapsed().saturating_sub(last) > Duration::from_secs(5) || Instant::now() > drain_end {
             break;
         }
