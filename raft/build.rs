@@ -4,17 +4,19 @@
 use tonic_build::manual::{Builder, Method, Service};
 
 fn method(name: &str, route: &str, client_streaming: bool) -> Method {
+    streaming(name, route, client_streaming, false)
+}
+
+fn streaming(name: &str, route: &str, client_streaming: bool, server_streaming: bool) -> Method {
     let b = Method::builder()
         .name(name)
         .route_name(route)
         .input_type("::bytes::Bytes")
         .output_type("::bytes::Bytes")
         .codec_path("crate::net::codec::BytesCodec");
-    if client_streaming {
-        b.client_streaming().build()
-    } else {
-        b.build()
-    }
+    let b = if client_streaming { b.client_streaming() } else { b };
+    let b = if server_streaming { b.server_streaming() } else { b };
+    b.build()
 }
 
 fn main() {
@@ -26,6 +28,8 @@ fn main() {
         .method(method("pre_vote", "PreVote", false))
         .method(method("snapshot", "Snapshot", true))
         .method(method("forward", "Forward", false))
+        // A follower's proposal batches, in order, answered in order (`net::forward`).
+        .method(streaming("forward_stream", "ForwardStream", true, true))
         .method(method("admin", "Admin", false))
         .method(method("probe", "Probe", false))
         .build();

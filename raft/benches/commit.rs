@@ -119,6 +119,53 @@ async fn proposers(node: &RaftNode<Counter>, concurrency: usize, per: usize) -> 
     Stats { ops: concurrency * per, secs: start.elapsed().as_secs_f64(), lat }
 }
 
+/// One caller keeping `window` proposals outstanding (`propose_ordered`, as an MQTT connection
+/// with a receive window does), checking that they are answered in order.
+async fn windowed(node: &RaftNode<Counter>, window: usize, n: usize) -> Stats {
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(n);
+    let mut outstanding: std::collections::VecDeque<(
+        Instant,
+        tokio::task::JoinHandle<Result<u64, strait_raft::ProposeError>>,
+    )> = std::collections::VecDeque::new();
+    let mut last = 0u64;
+    for i in 0..n + window {
+        if outstanding.len() == window || i >= n {
+            let Some((t, fut)) = outstanding.pop_front() else { break };
+            let seen: u64 = fut.await.expect("join").expect("propose");
+            assert!(seen > last, "answers out of order: {seen} after {last}");
+            last = seen;
+            lat.push(t.elapsed());
+        }
+        if i < n {
+            let fut = node.propose_ordered(Cmd(vec![1u8; 64]));
+            outstanding.push_back((Instant::now(), tokio::spawn(fut)));
+        }
+    }
+    Stats { ops: n, secs: start.elapsed().as_secs_f64(), lat }
+}
+
+/// Run `phase`, then print where its commits' time went: per stage, the mean time of one
+/// occurrence and how many occurred per commit (`strait_raft::stages`, every node of this
+/// process counted).
+async fn breakdown<F: std::future::Future<Output = Stats>>(what: &str, phase: F) {
+    let before = strait_raft::stages::read();
+    let stats = phase.await;
+    stats.line(what);
+    let after = strait_raft::stages::read();
+    for ((name, about, s0, n0), (_, _, s1, n1)) in before.into_iter().zip(after) {
+        let n = n1 - n0;
+        if n == 0 {
+            continue;
+        }
+        println!(
+            "    {name:<10} {:>7.3} ms each, {:>4.2} per commit   {about}",
+            (s1 - s0) * 1e3 / n as f64,
+            n as f64 / stats.ops as f64
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let scale: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -139,6 +186,7 @@ async fn main() {
             cluster: "bench".into(),
             advertise: seeds[&id].clone(),
             seeds: seeds.clone(),
+            max_in_flight: std::env::var("BENCH_INFLIGHT").ok().and_then(|s| s.parse().ok()).unwrap_or(4),
             ..Default::default()
         };
         let dir = root.join(format!("n{id}"));
@@ -159,8 +207,10 @@ async fn main() {
     println!("strait-raft commit benchmark: 3 nodes on 127.0.0.1, sled in {}", root.display());
     fdatasync_loop(&root, 500 * scale).line("floor: 64 B write + fdatasync loop");
     sled_flush_loop(&root, 500 * scale).await.line("sled insert + flush loop (one log append)");
-    proposers(&nodes[&leader], 1, 1000 * scale).await.line("1 sequential proposer on the leader");
-    proposers(&nodes[&follower], 1, 500 * scale).await.line("1 sequential proposer on a follower");
+    breakdown("1 sequential proposer on the leader", proposers(&nodes[&leader], 1, 1000 * scale)).await;
+    breakdown("1 sequential proposer on a follower", proposers(&nodes[&follower], 1, 500 * scale)).await;
+    windowed(&nodes[&leader], 32, 10_000 * scale).await.line("1 proposer, 32 outstanding, on the leader");
+    windowed(&nodes[&follower], 32, 10_000 * scale).await.line("1 proposer, 32 outstanding, on a follower");
     proposers(&nodes[&leader], 64, 300 * scale).await.line("64 concurrent proposers on the leader");
     proposers(&nodes[&follower], 64, 300 * scale).await.line("64 concurrent proposers on a follower");
 

@@ -14,6 +14,7 @@
 pub mod dedup;
 pub mod net;
 pub mod node;
+pub mod stages;
 pub mod store;
 
 pub use dedup::{Applied, Proposal, RequestId};

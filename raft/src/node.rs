@@ -1,8 +1,8 @@
 //! [`RaftNode`]: one member of a Raft group, as the application sees it.
 //!
 //! - `propose(cmd)`: concurrent proposals are batched into one log entry (group commit: while
-//!   up to [`RaftConfig::max_in_flight`] entries are being committed, new proposals wait and go
-//!   together in the next one). Each proposal has a request id; a proposal retried after a lost
+//!   [`RaftConfig::max_in_flight`] entries are being committed, new proposals wait and go
+//!   together in the next one), in the order they were made. Each proposal has a request id; a proposal retried after a lost
 //!   answer is applied once (`dedup`). A proposal made on a follower is forwarded to the leader
 //!   over gRPC and answered from there; leader changes are retried until `propose_timeout`.
 //! - `read(f)`: the locally applied state.
@@ -25,7 +25,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Instant as _, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,8 +38,11 @@ use crate::{decode, decode_raft, encode, encode_raft, Request, StateMachine, Typ
 
 type C = TypeConfig;
 
+mod forwarder;
 mod join;
+mod pipeline;
 mod tasks;
+use pipeline::*;
 use tasks::*;
 
 /// Timing and identity of one node.
@@ -65,10 +68,9 @@ pub struct RaftConfig {
     pub propose_timeout: Duration,
     /// Proposals per entry at most.
     pub max_batch: usize,
-    /// Entries being committed at once per node (the rest wait and batch). 1 (the default)
-    /// keeps proposals in the order they were made: batches are formed in submission order and
-    /// committed one after the other (group commit). More than 1 trades that order (concurrent
-    /// batches, forwarded ones especially, may land in any order) for throughput.
+    /// Entries this node has being committed at once when it leads (the rest wait and batch;
+    /// a follower forwards one at a time). Order is kept either way: entries enter the log in
+    /// the order their proposals were made (`node::pipeline`).
     pub max_in_flight: usize,
     /// The cluster's shared secret: every RPC proves it, and one that does not is refused
     /// before anything else is looked at. None: unauthenticated (tests, loopback only).
@@ -101,7 +103,7 @@ impl Default for RaftConfig {
             keep_after_snapshot: 1_000,
             propose_timeout: Duration::from_secs(5),
             max_batch: 1024,
-            max_in_flight: 1,
+            max_in_flight: 4,
             secret: None,
             tls: None,
         }
@@ -198,6 +200,7 @@ pub enum ProposeError {
 
 struct Pending<S: StateMachine> {
     prop: Proposal<S::Command>,
+    at: Instant,
     tx: oneshot::Sender<Result<S::Response, ProposeError>>,
 }
 
@@ -400,7 +403,7 @@ impl<S: StateMachine> RaftNode<S> {
         let prop = Proposal { id: RequestId { origin: self.inner.origin, seq }, cmd };
         let (tx, rx) = oneshot::channel();
         let proposals = self.inner.proposals.clone();
-        let late = match proposals.try_send(Pending { prop, tx }) {
+        let late = match proposals.try_send(Pending { prop, at: Instant::now(), tx }) {
             Ok(()) => None,
             // A full queue (overload): sent when there is room; order among such is kept too
             // only as far as the channel's waiters are served in order (tokio's are FIFO).

@@ -285,3 +285,62 @@ async fn a_slow_follower_does_not_slow_commits_and_catches_up_when_it_recovers()
     c.wait_all("slow follower caught up", |kv| kv.map.get("k") == Some(&expect)).await;
     c.shutdown().await;
 }
+
+/// Each follower keeps 32 proposals outstanding (`propose_ordered`, as an MQTT connection with a
+/// receive window does: they travel on the ordered forwarding stream, several entries in the
+/// air) while the leader is killed: every proposal is applied exactly once, in the order it
+/// was made, and answered in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_proposals_keep_their_order_through_a_leader_kill() {
+    let mut c = Cluster::new(3, |_| {}).await;
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    let old = c.wait_leader(None).await;
+    const N: usize = 3000;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
+    let mut tasks = Vec::new();
+    for id in c.nodes.keys().copied().filter(|id| *id != old) {
+        let node = c.node(id).clone();
+        let key = format!("k{id}");
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outstanding: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, ProposeError>>> =
+                std::collections::VecDeque::new();
+            let mut last = 0u64;
+            for i in 0..N + 32 {
+                if outstanding.len() == 32 || i >= N {
+                    let Some(fut) = outstanding.pop_front() else { break };
+                    let applied = fut.await.expect("join").unwrap_or_else(|e| panic!("{key}: proposal failed: {e}"));
+                    assert!(applied > last, "{key}: answers out of order ({applied} after {last})");
+                    last = applied;
+                }
+                if i == N / 3 {
+                    // A third in: the test kills the leader while the rest are being proposed.
+                    let _ = ready.send(()).await;
+                }
+                if i < N {
+                    outstanding.push_back(tokio::spawn(node.propose_ordered(append(&key, i))));
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        ready_rx.recv().await.expect("a proposer reached a third");
+    }
+    tracing::info!("== killing leader {old}");
+    c.stop(old).await;
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("the proposers finish within 60 s")
+            .expect("a proposer failed");
+    }
+    let expect: String = (0..N).map(|i| format!("{i},")).collect();
+    let keys: Vec<String> = c.nodes.keys().filter(|id| **id != old).map(|id| format!("k{id}")).collect();
+    c.wait_all("every proposal applied once, in order, on the survivors", |kv| {
+        keys.iter().all(|k| kv.map.get(k) == Some(&expect))
+    })
+    .await;
+    c.shutdown().await;
+}

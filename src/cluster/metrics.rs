@@ -42,6 +42,22 @@ pub fn render(s: &mut String, c: &Cluster) {
         s,
         "# HELP strait_cluster_commit_seconds_sum Time from proposal to local apply, summed over commits\n# TYPE strait_cluster_commit_seconds_sum counter\nstrait_cluster_commit_seconds_sum {sum:.6}"
     );
+    // Where commits spend their time (`strait_raft::stages`): per stage, seconds and occurrences.
+    let stages = strait_raft::stages::read();
+    let _ = writeln!(
+        s,
+        "# HELP strait_raft_stage_seconds_total Time spent in each stage of a commit (stage: what it covers)\n# TYPE strait_raft_stage_seconds_total counter"
+    );
+    for (name, _, secs, _) in &stages {
+        let _ = writeln!(s, "strait_raft_stage_seconds_total{{stage=\"{name}\"}} {secs:.6}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP strait_raft_stage_total Occurrences of each stage of a commit\n# TYPE strait_raft_stage_total counter"
+    );
+    for (name, _, _, n) in &stages {
+        let _ = writeln!(s, "strait_raft_stage_total{{stage=\"{name}\"}} {n}");
+    }
     let mut g = |name: &str, help: &str, kind: &str, v: u64| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     };

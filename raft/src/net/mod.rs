@@ -12,6 +12,7 @@
 
 pub mod codec;
 mod faults;
+pub(crate) mod forward;
 pub mod peer;
 
 pub use faults::Faults;
@@ -356,8 +357,11 @@ impl RaftNetworkV2<C> for Peer {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let t = std::time::Instant::now();
         let body = enc(&rpc)?;
-        self.unary(Method::Append, body, option.hard_ttl()).await
+        let r = self.unary(Method::Append, body, option.hard_ttl()).await;
+        crate::stages::REPLICATE.add(t);
+        r
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
@@ -474,9 +478,12 @@ fn parse<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, Status> {
 impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
     async fn append(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.admit_raft(&request).await?;
+        let t = std::time::Instant::now();
         let rpc: AppendEntriesRequest<C> = parse(request.get_ref())?;
         let r = self.raft.append_entries(rpc).await.map_err(|e| e.to_string());
-        reply(&r)
+        let out = reply(&r);
+        crate::stages::SERVE.add(t);
+        out
     }
 
     async fn vote(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
@@ -526,6 +533,17 @@ impl<S: StateMachine> pb::raft_server::Raft for Service<S> {
         }
         let r: WriteResult = self.raft.client_write(crate::Request(body.to_vec())).await;
         reply(&r)
+    }
+
+    type ForwardStreamStream = forward::ReplyStream;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        self.admit(&request).await?;
+        let from = request.metadata().get(META_FROM).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        forward::serve(self.raft.clone(), self.faults.clone(), from, request.into_inner()).map(Response::new)
     }
 
     async fn probe(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {

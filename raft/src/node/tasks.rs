@@ -1,5 +1,5 @@
-//! The node's own tasks: the leadership watch and the proposal batcher, and how a batch is
-//! submitted (on the leader, or forwarded to it).
+//! The node's own tasks: the leadership watch and the heartbeats, and how a call reaches the
+//! leader (here, or forwarded to it). The proposal pipeline is in `pipeline`.
 
 use super::*;
 
@@ -177,68 +177,7 @@ pub(super) async fn heartbeats<S: StateMachine>(
     }
 }
 
-/// Collects proposals into entries. At most `max_in_flight` entries are submitted at a time;
-/// proposals arriving meanwhile wait and form the next batch.
-pub(super) async fn batcher<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Pending<S>>) {
-    let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1)));
-    loop {
-        let permit = tokio::select! {
-            _ = inner.cancel.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let first = tokio::select! {
-            _ = inner.cancel.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        let mut batch = vec![first];
-        while batch.len() < inner.cfg.max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let inner2 = inner.clone();
-        inner.tracker.spawn(async move {
-            let _permit = permit;
-            inner2.submit(batch).await;
-        });
-    }
-    // Shutting down: everything still queued is answered.
-    rx.close();
-    while let Ok(p) = rx.try_recv() {
-        let _ = p.tx.send(Err(ProposeError::Shutdown));
-    }
-}
-
 impl<S: StateMachine> Inner<S> {
-    pub(super) async fn submit(&self, batch: Vec<Pending<S>>) {
-        let (props, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.prop, p.tx)).unzip();
-        let result = match encode(&props) {
-            Err(e) => Err(ProposeError::Encode(e.to_string())),
-            Ok(bytes) => self.call(Call::Write(Bytes::from(bytes))).await.and_then(|resp| {
-                decode::<Vec<Applied<S::Response>>>(&resp.data.0).map_err(|e| ProposeError::Fatal(e.to_string()))
-            }),
-        };
-        match result {
-            Ok(responses) => {
-                let mut responses = responses.into_iter();
-                for tx in waiters {
-                    let r = match responses.next() {
-                        Some(Applied::Done(r)) => Ok(r),
-                        Some(Applied::Expired) => Err(ProposeError::Expired),
-                        None => Err(ProposeError::Fatal("fewer responses than proposals".into())),
-                    };
-                    let _ = tx.send(r);
-                }
-            }
-            Err(e) => {
-                for tx in waiters {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-
     /// Run `call` on the leader, wherever it is, retrying through leader changes until
     /// `propose_timeout`. A retried write carries the same request ids, so it applies once.
     pub(super) async fn call(&self, call: Call) -> Result<ClientWriteResponse<C>, ProposeError> {
@@ -299,24 +238,27 @@ impl<S: StateMachine> Inner<S> {
         }
     }
 
-    /// Forward to leader `l`; None when it could not be asked or did not answer.
-    pub(super) async fn forward(&self, l: u64, call: &Call, ttl: Duration) -> Option<WriteResult> {
+    /// A gRPC client for node `l` (cached per node and address); None when `l` is not a member.
+    pub(super) fn client_for(&self, l: u64) -> Option<net::pb::raft_client::RaftClient<tonic::transport::Channel>> {
         let addr = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
             m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
         }?;
-        let mut client = {
-            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            match peers.get(&l) {
-                Some((a, c)) if *a == addr => c.clone(),
-                _ => {
-                    let c = net::client(net::channel(&self.me, &addr, self.cfg.election_min).ok()?);
-                    peers.insert(l, (addr, c.clone()));
-                    c
-                }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get(&l) {
+            Some((a, c)) if *a == addr => Some(c.clone()),
+            _ => {
+                let c = net::client(net::channel(&self.me, &addr, self.cfg.election_min).ok()?);
+                peers.insert(l, (addr, c.clone()));
+                Some(c)
             }
-        };
+        }
+    }
+
+    /// Forward to leader `l`; None when it could not be asked or did not answer.
+    pub(super) async fn forward(&self, l: u64, call: &Call, ttl: Duration) -> Option<WriteResult> {
+        let mut client = self.client_for(l)?;
         let body = match call {
             Call::Write(b) => b.clone(),
             Call::Admin(a) => Bytes::from(encode_raft(a).ok()?),

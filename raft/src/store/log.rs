@@ -233,6 +233,7 @@ impl RaftLogStorage<C> for LogStore {
         I: IntoIterator<Item = EntryOf<C>> + Send,
         I::IntoIter: Send,
     {
+        let t = std::time::Instant::now();
         let mut batch = sled::Batch::default();
         let mut last = None;
         for e in entries {
@@ -240,7 +241,10 @@ impl RaftLogStorage<C> for LogStore {
             last = Some(e.log_id.index);
         }
         self.log.apply_batch(batch).map_err(io)?;
+        let f = std::time::Instant::now();
         let res = self.flush().await;
+        crate::stages::FLUSH.add(f);
+        crate::stages::APPEND.add(t);
         if let (Ok(()), Some(last)) = (&res, last) {
             self.mark.update(|st| st.flushed = last);
         }

@@ -166,7 +166,8 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(req) => {
                     let index = entry.log_id.index;
-                    match decode::<Vec<Proposal<S::Command>>>(&req.0) {
+                    let t = std::time::Instant::now();
+                    let r = match decode::<Vec<Proposal<S::Command>>>(&req.0) {
                         Ok(batch) => {
                             let inner = &mut *inner;
                             let mut events = Vec::new();
@@ -181,7 +182,9 @@ impl<S: StateMachine> RaftStateMachine<C> for StateMachineStore<S> {
                             tracing::error!(index, "skipped a committed entry that does not decode: {e}");
                             Response::default()
                         }
-                    }
+                    };
+                    crate::stages::APPLY.add(t);
+                    r
                 }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
