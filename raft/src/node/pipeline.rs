@@ -33,6 +33,9 @@ use super::*;
 pub(super) struct Batch<S: StateMachine> {
     bytes: Bytes,
     waiters: Vec<oneshot::Sender<Result<S::Response, ProposeError>>>,
+    /// `propose_timeout` after its oldest proposal was made: however it travels (in the air,
+    /// then resubmitted), it is answered by then.
+    deadline: Instant,
 }
 
 /// What became of a flight: committed (with the core's answer) or to be submitted again.
@@ -55,23 +58,12 @@ struct Flight<S: StateMachine> {
 }
 
 impl<S: StateMachine> Flight<S> {
-    fn new(
-        batch: Batch<S>,
-        answer: impl Future<Output = Landed> + Send + 'static,
-        timeout: Duration,
-        route: Route,
-    ) -> Self {
+    fn new(batch: Batch<S>, answer: impl Future<Output = Landed> + Send + 'static, route: Route) -> Self {
         let stage = match route {
             Route::Local => &crate::stages::CORE,
             Route::Stream(_) => &crate::stages::FORWARD,
         };
-        Flight {
-            batch,
-            answer: Box::pin(answer),
-            deadline: Instant::now() + timeout,
-            sent: std::time::Instant::now(),
-            stage,
-        }
+        Flight { answer: Box::pin(answer), deadline: batch.deadline, sent: std::time::Instant::now(), stage, batch }
     }
 }
 
@@ -150,7 +142,6 @@ impl<S: StateMachine> Inner<S> {
         if stream.as_ref().is_some_and(|s| s.broken() || Some(Route::Stream(s.leader)) != want) {
             *stream = None;
         }
-        let timeout = self.cfg.propose_timeout;
         match (want, leading) {
             (Some(Route::Local), Some(id)) => {
                 let (responder, rx) = ProgressResponder::complete_only();
@@ -164,7 +155,7 @@ impl<S: StateMachine> Inner<S> {
                             }
                         };
                         *route = Route::Local;
-                        flights.push_back(Flight::new(batch, answer, timeout, Route::Local));
+                        flights.push_back(Flight::new(batch, answer, Route::Local));
                     }
                     Err(e) => self.answer(batch.waiters, Err(ProposeError::Fatal(e.to_string()))),
                 }
@@ -176,7 +167,7 @@ impl<S: StateMachine> Inner<S> {
                 match stream.as_ref().and_then(|s| s.send(batch.bytes.clone())) {
                     Some(rx) => {
                         *route = Route::Stream(l);
-                        flights.push_back(Flight::new(batch, async move { rx.await.ok().flatten() }, timeout, *route));
+                        flights.push_back(Flight::new(batch, async move { rx.await.ok().flatten() }, *route));
                     }
                     None => {
                         *stream = None;
@@ -196,6 +187,7 @@ impl<S: StateMachine> Inner<S> {
     fn gather(&self, first: Pending<S>, rx: &mut mpsc::Receiver<Pending<S>>) -> Option<Batch<S>> {
         let mut props = vec![first.prop];
         let mut waiters = vec![first.tx];
+        let deadline = first.at + self.cfg.propose_timeout;
         let mut queued = vec![first.at];
         while props.len() < self.cfg.max_batch {
             match rx.try_recv() {
@@ -212,7 +204,7 @@ impl<S: StateMachine> Inner<S> {
             crate::stages::QUEUE.add(at.into_std());
         }
         match encoded {
-            Ok(bytes) => Some(Batch { bytes: Bytes::from(bytes), waiters }),
+            Ok(bytes) => Some(Batch { bytes: Bytes::from(bytes), waiters, deadline }),
             Err(e) => {
                 for tx in waiters {
                     let _ = tx.send(Err(ProposeError::Encode(e.to_string())));
@@ -244,7 +236,7 @@ impl<S: StateMachine> Inner<S> {
     /// Commit `batch` wherever the leader is (retrying through leader changes) and answer it.
     pub(super) async fn submit(&self, batch: Batch<S>) {
         let t = std::time::Instant::now();
-        let result = self.call(Call::Write(batch.bytes)).await;
+        let result = self.call_until(Call::Write(batch.bytes), batch.deadline).await;
         crate::stages::FORWARD.add(t);
         self.answer(batch.waiters, result);
     }

@@ -181,7 +181,15 @@ impl<S: StateMachine> Inner<S> {
     /// Run `call` on the leader, wherever it is, retrying through leader changes until
     /// `propose_timeout`. A retried write carries the same request ids, so it applies once.
     pub(super) async fn call(&self, call: Call) -> Result<ClientWriteResponse<C>, ProposeError> {
-        let deadline = Instant::now() + self.cfg.propose_timeout;
+        self.call_until(call, Instant::now() + self.cfg.propose_timeout).await
+    }
+
+    /// `call`, giving up at `deadline`.
+    pub(super) async fn call_until(
+        &self,
+        call: Call,
+        deadline: Instant,
+    ) -> Result<ClientWriteResponse<C>, ProposeError> {
         let mut leadership = self.leadership.clone();
         let mut hint: Option<u64> = None;
         let mut backoff = Duration::from_millis(5);
