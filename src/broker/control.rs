@@ -204,7 +204,7 @@ pub trait LinkHooks: Send + Sync + 'static {
         client_id: &str,
         user_properties: &[(String, String)],
         session_present: bool,
-        routes: &[&String],
+        routes: &[&Arc<str>],
         budget: usize,
     ) -> Vec<(String, String)>;
     /// The largest CONNACK a link client takes.

@@ -141,7 +141,7 @@ impl Broker {
                 continue;
             }
             let session = rec.restore(entries);
-            let subs: Vec<(String, Subscription)> =
+            let subs: Vec<(Arc<str>, Subscription)> =
                 session.lock().subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             for (filter, sub) in subs {
                 self.route_add(&session, &filter, &sub);

@@ -3,6 +3,7 @@
 //! `.await`.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -10,14 +11,32 @@ use crate::mqtt::packet::SubOptions;
 
 use super::session::Session;
 
+/// One subscription in the trie: 16 bytes (it sits in place in most leaves).
 #[derive(Clone)]
 pub struct Subscriber {
     pub session: Arc<Session>,
     pub opts: SubOptions,
-    pub id: Option<u32>,
-    /// Counted in the route table (a subscription of this cluster's own clients, not of a
-    /// remote cluster's link session): fixed when it is added, so its removal undoes exactly it.
-    pub local: bool,
+    /// The subscription identifier (at most 28 bits; 0: none) and, in the top bit, `local`.
+    id_local: u32,
+}
+
+const LOCAL: u32 = 1 << 31;
+
+impl Subscriber {
+    /// `local`: counted in the route table (a subscription of this cluster's own clients, not
+    /// of a remote cluster's link session), fixed when it is added, so that its removal
+    /// undoes exactly it.
+    pub fn new(session: Arc<Session>, opts: SubOptions, id: Option<NonZeroU32>, local: bool) -> Subscriber {
+        // MQTT caps identifiers at 268,435,455 (the decoder refuses more): bit 31 is free.
+        let id = id.map_or(0, |i| i.get() & !LOCAL);
+        Subscriber { session, opts, id_local: id | if local { LOCAL } else { 0 } }
+    }
+    pub fn id(&self) -> Option<u32> {
+        Some(self.id_local & !LOCAL).filter(|i| *i != 0)
+    }
+    pub fn local(&self) -> bool {
+        self.id_local & LOCAL != 0
+    }
 }
 
 #[derive(Default)]
@@ -26,53 +45,174 @@ struct SharedGroup {
     next: AtomicUsize,
 }
 
-/// A trie level's map, allocated only when it holds something: most nodes are leaves (one
-/// per distinct filter), and two empty `HashMap`s were 96 of a leaf's 120 bytes.
-#[allow(clippy::box_collection)] // the point: 8 bytes in the node instead of 48
-struct Levels<V>(Option<Box<HashMap<Box<str>, V>>>);
-
-impl<V> Default for Levels<V> {
-    fn default() -> Self {
-        Levels(None)
-    }
+/// The plain subscribers of one filter. Most filters have exactly one (every route a remote
+/// cluster mirrors here does): it is held in the node, no list allocated.
+#[derive(Default)]
+enum Subs {
+    #[default]
+    None,
+    One(Subscriber),
+    /// Boxed: 8 bytes beside `One`'s niche, so the whole enum stays 16 bytes, not 32.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Subscriber>>),
 }
 
-impl<V: Default> Levels<V> {
+impl Subs {
     fn is_empty(&self) -> bool {
-        self.0.is_none()
+        matches!(self, Subs::None)
     }
-    fn get(&self, k: &str) -> Option<&V> {
-        self.0.as_ref()?.get(k)
+    fn as_slice(&self) -> &[Subscriber] {
+        match self {
+            Subs::None => &[],
+            Subs::One(s) => std::slice::from_ref(s),
+            Subs::Many(v) => v,
+        }
     }
-    fn get_mut(&mut self, k: &str) -> Option<&mut V> {
-        self.0.as_mut()?.get_mut(k)
+    fn find_mut(&mut self, session: &Arc<Session>) -> Option<&mut Subscriber> {
+        match self {
+            Subs::None => None,
+            Subs::One(s) => Arc::ptr_eq(&s.session, session).then_some(s),
+            Subs::Many(v) => v.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)),
+        }
     }
-    fn entry(&mut self, k: &str) -> &mut V {
-        self.0.get_or_insert_with(Default::default).entry(k.into()).or_default()
+    fn push(&mut self, sub: Subscriber) {
+        *self = match std::mem::take(self) {
+            Subs::None => Subs::One(sub),
+            Subs::One(first) => Subs::Many(Box::new(vec![first, sub])),
+            Subs::Many(mut v) => {
+                v.push(sub);
+                Subs::Many(v)
+            }
+        };
     }
-    fn remove(&mut self, k: &str) {
-        if let Some(m) = self.0.as_mut() {
-            m.remove(k);
-            if m.is_empty() {
-                self.0 = None;
+    /// Remove `session`'s subscriber: whether it was local, None when there was none.
+    fn remove(&mut self, session: &Arc<Session>) -> Option<bool> {
+        match self {
+            Subs::None => None,
+            Subs::One(s) if Arc::ptr_eq(&s.session, session) => {
+                let local = s.local();
+                *self = Subs::None;
+                Some(local)
+            }
+            Subs::One(_) => None,
+            Subs::Many(v) => {
+                let i = v.iter().position(|s| Arc::ptr_eq(&s.session, session))?;
+                let local = v.remove(i).local();
+                match v.len() {
+                    0 => *self = Subs::None,
+                    1 => *self = Subs::One(v.remove(0)),
+                    _ => {}
+                }
+                Some(local)
             }
         }
     }
-    fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().flat_map(|m| m.values())
+}
+
+/// A trie level's name: up to 22 bytes in place (nearly every level of a real topic), longer
+/// ones on the heap. A leaf's name in a `Box<str>` cost a 32-byte allocation besides its slot.
+enum Key {
+    Inline(u8, [u8; 22]),
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(k: &str) -> Key {
+        let b = k.as_bytes();
+        if b.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..b.len()].copy_from_slice(b);
+            Key::Inline(b.len() as u8, buf)
+        } else {
+            Key::Heap(k.into())
+        }
     }
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes were copied from a `str`, whole: valid UTF-8.
+            Key::Inline(n, buf) => std::str::from_utf8(&buf[..*n as usize]).unwrap_or_default(),
+            Key::Heap(s) => s,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+// `Borrow<str>` requires equality and hash to be the `str`'s.
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+/// Children and shared groups of a node: allocated only when it has any. Most nodes are
+/// leaves (one per distinct filter) and have neither.
+#[derive(Default)]
+struct More {
+    children: HashMap<Key, Node>,
+    shared: HashMap<Box<str>, SharedGroup>,
 }
 
 #[derive(Default)]
 struct Node {
-    children: Levels<Node>,
-    subs: Vec<Subscriber>,
-    shared: Levels<SharedGroup>,
+    subs: Subs,
+    more: Option<Box<More>>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+        self.subs.is_empty() && self.more.is_none()
+    }
+    fn child(&self, k: &str) -> Option<&Node> {
+        self.more.as_ref()?.children.get(k)
+    }
+    fn child_mut(&mut self, k: &str) -> Option<&mut Node> {
+        self.more.as_mut()?.children.get_mut(k)
+    }
+    fn child_entry(&mut self, k: &str) -> &mut Node {
+        let more = self.more.get_or_insert_with(Default::default);
+        if !more.children.contains_key(k) {
+            more.children.insert(Key::new(k), Node::default());
+        }
+        more.children.get_mut(k).expect("inserted above")
+    }
+    fn group_entry(&mut self, g: &str) -> &mut SharedGroup {
+        self.more.get_or_insert_with(Default::default).shared.entry(g.into()).or_default()
+    }
+    fn group_mut(&mut self, g: &str) -> Option<&mut SharedGroup> {
+        self.more.as_mut()?.shared.get_mut(g)
+    }
+    fn groups(&self) -> impl Iterator<Item = &SharedGroup> {
+        self.more.iter().flat_map(|m| m.shared.values())
+    }
+    /// Drop the child `k` or group `g` (when empty), and `more` when nothing is left in it.
+    fn prune(&mut self, child: Option<&str>, group: Option<&str>) {
+        let Some(more) = self.more.as_mut() else { return };
+        if let Some(k) = child {
+            if more.children.get(k).is_some_and(Node::is_empty) {
+                more.children.remove(k);
+            }
+        }
+        if let Some(g) = group {
+            if more.shared.get(g).is_some_and(|grp| grp.members.is_empty()) {
+                more.shared.remove(g);
+            }
+        }
+        if more.children.is_empty() && more.shared.is_empty() {
+            self.more = None;
+        }
     }
 }
 
@@ -163,26 +303,24 @@ impl Router {
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
         let mut node = &mut *root;
         for level in filter.split('/') {
-            node = node.children.entry(level);
+            node = node.child_entry(level);
         }
-        let list = match group {
-            Some(g) => &mut node.shared.entry(g).members,
-            None => &mut node.subs,
+        let existing = match group {
+            Some(g) => node.group_entry(g).members.iter_mut().find(|s| Arc::ptr_eq(&s.session, &sub.session)),
+            None => node.subs.find_mut(&sub.session),
         };
-        match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, &sub.session)) {
-            Some(existing) => {
-                let local = existing.local;
-                *existing = Subscriber { local, ..sub };
-                false
-            }
-            None => {
-                if sub.local {
-                    self.table.lock().unwrap_or_else(|e| e.into_inner()).change(filter, true);
-                }
-                list.push(sub);
-                true
-            }
+        if let Some(existing) = existing {
+            *existing = Subscriber { id_local: (sub.id_local & !LOCAL) | (existing.id_local & LOCAL), ..sub };
+            return false;
         }
+        if sub.local() {
+            self.table.lock().unwrap_or_else(|e| e.into_inner()).change(filter, true);
+        }
+        match group {
+            Some(g) => node.group_entry(g).members.push(sub),
+            None => node.subs.push(sub),
+        }
+        true
     }
 
     /// Remove `session`'s subscription; true when one existed.
@@ -211,38 +349,30 @@ impl Router {
 
 /// Remove `session`'s subscription: whether it was counted as local, None when there was none.
 fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> Option<bool> {
-    let take = |list: &mut Vec<Subscriber>| {
-        let i = list.iter().position(|s| Arc::ptr_eq(&s.session, session))?;
-        Some(list.remove(i).local)
-    };
     let Some((first, rest)) = levels.split_first() else {
         return match group {
             Some(g) => {
-                let grp = node.shared.get_mut(g)?;
-                let removed = take(&mut grp.members);
-                if grp.members.is_empty() {
-                    node.shared.remove(g);
-                }
-                removed
+                let grp = node.group_mut(g)?;
+                let i = grp.members.iter().position(|s| Arc::ptr_eq(&s.session, session))?;
+                let local = grp.members.remove(i).local();
+                node.prune(None, Some(g));
+                Some(local)
             }
-            None => take(&mut node.subs),
+            None => node.subs.remove(session),
         };
     };
-    let child = node.children.get_mut(first)?;
-    let removed = remove(child, rest, group, session);
-    if child.is_empty() {
-        node.children.remove(first);
-    }
+    let removed = remove(node.child_mut(first)?, rest, group, session);
+    node.prune(Some(first), None);
     removed
 }
 
 fn collect(node: &Node, out: &mut Vec<Match>) {
-    for s in &node.subs {
-        out.push(Match { session: s.session.clone(), opts: s.opts, id: s.id, shared: false });
+    for s in node.subs.as_slice() {
+        out.push(Match { session: s.session.clone(), opts: s.opts, id: s.id(), shared: false });
     }
-    for grp in node.shared.values() {
+    for grp in node.groups() {
         if let Some(s) = pick(grp) {
-            out.push(Match { session: s.session.clone(), opts: s.opts, id: s.id, shared: true });
+            out.push(Match { session: s.session.clone(), opts: s.opts, id: s.id(), shared: true });
         }
     }
 }
@@ -263,7 +393,7 @@ fn pick(grp: &SharedGroup) -> Option<&Subscriber> {
 fn walk(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Match>) {
     let wild_ok = !(dollar && depth == 0);
     if wild_ok {
-        if let Some(hash) = node.children.get("#") {
+        if let Some(hash) = node.child("#") {
             collect(hash, out);
         }
     }
@@ -272,20 +402,36 @@ fn walk(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<
         return;
     };
     if wild_ok {
-        if let Some(plus) = node.children.get("+") {
+        if let Some(plus) = node.child("+") {
             walk(plus, rest, depth + 1, dollar, out);
         }
     }
-    if let Some(child) = node.children.get(first) {
+    if let Some(child) = node.child(first) {
         walk(child, rest, depth + 1, dollar, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    /// A trie node is one per distinct filter level: it stays small (regression guard).
+    /// A trie node is one per distinct filter level: it stays small (regression guard). A
+    /// leaf's slot in its parent's map is its name (in place) and the node: 48 bytes.
     #[test]
     fn a_trie_node_is_small() {
-        assert!(std::mem::size_of::<super::Node>() <= 40, "{}", std::mem::size_of::<super::Node>());
+        assert!(
+            std::mem::size_of::<super::Subscriber>() <= 16,
+            "subscriber {}",
+            std::mem::size_of::<super::Subscriber>()
+        );
+        assert!(std::mem::size_of::<super::Node>() <= 24, "node {}", std::mem::size_of::<super::Node>());
+        assert!(std::mem::size_of::<super::Key>() <= 24, "key {}", std::mem::size_of::<super::Key>());
+    }
+
+    #[test]
+    fn level_names_keep_their_text_in_place_or_on_the_heap() {
+        for k in ["", "a", "+", "#", "twenty-two-bytes-long!", "twenty-three-bytes-long", "ünïcödé/ß"] {
+            let key = super::Key::new(k);
+            assert_eq!(key.as_str(), k);
+            assert_eq!(matches!(key, super::Key::Inline(..)), k.len() <= 22, "{k}");
+        }
     }
 }

@@ -19,7 +19,9 @@ use super::message::Delivery;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     pub opts: SubOptions,
-    pub id: Option<u32>,
+    /// The subscription identifier (MQTT 5 forbids 0): 4 bytes, not 8, in the replicated
+    /// state and in every session's map (written as a plain u32 all the same).
+    pub id: Option<std::num::NonZeroU32>,
 }
 
 /// An outbound QoS≥1 message sent and not yet completed.
@@ -84,7 +86,8 @@ pub use super::mqueue::Mqueue;
 
 pub struct SessionState {
     pub protocol: Protocol,
-    pub subscriptions: HashMap<String, Subscription>,
+    /// Filters are shared with the cluster's replicated state (one allocation per filter).
+    pub subscriptions: HashMap<Arc<str>, Subscription>,
     pub queue: Mqueue,
     pub inflight: BTreeMap<u16, Inflight>,
     /// Inbound QoS 2 packet ids received (PUBREC sent) and not yet released.
@@ -316,7 +319,7 @@ impl SessionRecord {
         SessionRecord {
             client_id: session.client_id.to_string(),
             protocol: st.protocol,
-            subscriptions: st.subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            subscriptions: st.subscriptions.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             // (Stored as entries of their own: `Storage::write_session`.)
             queue: Vec::new(),
             inflight: st.inflight.iter().map(|(k, v)| (*k, v.clone())).collect(),
@@ -334,7 +337,7 @@ impl SessionRecord {
         {
             let mut st = s.lock();
             st.on_disk = true;
-            st.subscriptions = self.subscriptions.into_iter().collect();
+            st.subscriptions = self.subscriptions.into_iter().map(|(k, v)| (Arc::from(k), v)).collect();
             match entries {
                 Some(entries) => {
                     st.queue = Mqueue::from_stored(entries);

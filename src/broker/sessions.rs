@@ -88,7 +88,7 @@ impl Broker {
         let writer = self.storage.as_ref().map(|s| s.writer());
         let (subs, on_disk) = {
             let mut st = session.lock();
-            let subs: Vec<String> = st.subscriptions.drain().map(|(k, _)| k).collect();
+            let subs: Vec<Arc<str>> = st.subscriptions.drain().map(|(k, _)| k).collect();
             (subs, st.on_disk)
         };
         for f in &subs {
@@ -262,11 +262,11 @@ impl Broker {
 
     /// Add (or replace) a subscription of `session`. Returns whether it is new.
     pub fn subscribe(&self, session: &Arc<Session>, filter: &str, opts: SubOptions, id: Option<u32>) -> bool {
-        let sub = Subscription { opts, id };
+        let sub = Subscription { opts, id: id.and_then(std::num::NonZeroU32::new) };
         let new = {
             let mut st = session.lock();
             st.dirty = true;
-            st.subscriptions.insert(filter.to_string(), sub.clone()).is_none()
+            st.subscriptions.insert(Arc::from(filter), sub.clone()).is_none()
         };
         self.route_add(session, filter, &sub);
         self.persist(session);
@@ -294,7 +294,7 @@ impl Broker {
             session.set_link(remote);
             return;
         }
-        let subs: Vec<(String, Subscription)> =
+        let subs: Vec<(Arc<str>, Subscription)> =
             session.lock().subscriptions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (f, _) in &subs {
             self.route_remove(session, f);
@@ -309,7 +309,7 @@ impl Broker {
     /// table without the change and then sleep through it.)
     pub(super) fn route_add(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
         let local = !session.link.load(Ordering::Relaxed);
-        let subscriber = Subscriber { session: session.clone(), opts: sub.opts, id: sub.id, local };
+        let subscriber = Subscriber::new(session.clone(), sub.opts, sub.id, local);
         match topic::parse_shared(filter) {
             Some(Ok((group, inner))) => self.router.subscribe(inner, Some(group), subscriber),
             _ => self.router.subscribe(filter, None, subscriber),

@@ -97,7 +97,7 @@ impl Broker {
     }
 
     /// A subscription was added (Some) or removed (None).
-    pub fn apply_subscription(&self, client_id: &str, filter: String, sub: Option<Subscription>) {
+    pub fn apply_subscription(&self, client_id: &str, filter: Arc<str>, sub: Option<Subscription>) {
         let Some(s) = self.session(client_id) else { return };
         match sub {
             Some(sub) => {
@@ -113,9 +113,9 @@ impl Broker {
     }
 
     /// Make `client_id`'s subscriptions exactly `subs` (a snapshot restore).
-    pub fn reset_subscriptions(&self, client_id: &str, subs: &BTreeMap<String, Subscription>) {
+    pub fn reset_subscriptions(&self, client_id: &str, subs: &BTreeMap<Arc<str>, Subscription>) {
         let Some(s) = self.session(client_id) else { return };
-        let current: Vec<String> = s.lock().subscriptions.keys().cloned().collect();
+        let current: Vec<Arc<str>> = s.lock().subscriptions.keys().cloned().collect();
         for f in current {
             if !subs.contains_key(&f) {
                 s.lock().subscriptions.remove(&f);

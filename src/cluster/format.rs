@@ -108,7 +108,7 @@ mod old {
                 disconnected_at_ms: e.disconnected_at_ms,
                 will: e.will,
                 link: e.link,
-                subscriptions: e.subscriptions,
+                subscriptions: e.subscriptions.into_iter().map(|(k, v)| (Arc::from(k), v)).collect(),
                 queue: e.queue,
                 dropped: e.dropped,
                 queue_bytes: 0,

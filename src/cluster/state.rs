@@ -51,7 +51,9 @@ pub struct SessionEntry {
     pub will: Option<Will>,
     /// The session of another cluster's link client: that cluster's name.
     pub link: Option<String>,
-    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Filters as `Arc<str>`: the broker's view of the session shares them (bincode and
+    /// serde write them as strings, so the format is unchanged).
+    pub subscriptions: BTreeMap<Arc<str>, Subscription>,
     /// Durable QoS>=1 deliveries not yet acknowledged by the client, by sequence number.
     pub queue: BTreeMap<u64, Delivery>,
     /// Messages this session's queue bound made us drop (oldest evicted or newest refused).
@@ -255,7 +257,7 @@ pub enum Change {
     },
     Subscription {
         client_id: String,
-        filter: String,
+        filter: Arc<str>,
         sub: Option<Subscription>,
     },
     Retained {
@@ -398,6 +400,7 @@ impl ClusterState {
             },
             Command::Subscribe { client_id, epoch, filter, sub } => match s.sessions.get_mut(&client_id) {
                 Some(e) if e.epoch == epoch => {
+                    let filter: Arc<str> = filter.into();
                     e.subscriptions.insert(filter.clone(), sub.clone());
                     out.push(Change::Subscription { client_id, filter, sub: Some(sub) });
                     Outcome::Done
@@ -406,7 +409,7 @@ impl ClusterState {
             },
             Command::Unsubscribe { client_id, epoch, filter } => match s.sessions.get_mut(&client_id) {
                 Some(e) if e.epoch == epoch => {
-                    if e.subscriptions.remove(&filter).is_some() {
+                    if let Some((filter, _)) = e.subscriptions.remove_entry(filter.as_str()) {
                         out.push(Change::Subscription { client_id, filter, sub: None });
                         Outcome::Done
                     } else {

@@ -255,7 +255,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             // A link client learns the routes its session holds here (its route bootstrap),
             // within its maximum packet size (less room for the rest of the CONNACK).
             let st = attached.session.lock();
-            let mut routes: Vec<&String> = st.subscriptions.keys().collect();
+            let mut routes: Vec<&Arc<str>> = st.subscriptions.keys().collect();
             routes.sort();
             let budget = max_out.min(h.max_connack()).saturating_sub(1024);
             let present = attached.session_present;

@@ -213,7 +213,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     let mut committed = Vec::new();
                     let mut cmds = Vec::new();
                     for f in &u.filters {
-                        if live.session.lock().subscriptions.contains_key(f) {
+                        if live.session.lock().subscriptions.contains_key(f.as_str()) {
                             committed.push(codes.len());
                             codes.push(reason::SUCCESS);
                             cmds.push(Op::Unsubscribe {
@@ -486,7 +486,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     return false;
                 }
                 let st = live.session.lock();
-                st.subscriptions.len() >= m && !st.subscriptions.contains_key(&f.filter)
+                st.subscriptions.len() >= m && !st.subscriptions.contains_key(f.filter.as_str())
             }) {
                 self.broker.metrics.limit_hit(crate::metrics::Limit::Subscriptions);
                 reason::QUOTA_EXCEEDED
@@ -497,8 +497,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     None => self.broker.subscribe(&live.session, &f.filter, opts, sub_id),
                     Some(_) => {
                         // Committed before SUBACK; the router follows from the commit.
-                        let new = !live.session.lock().subscriptions.contains_key(&f.filter);
-                        let sub = crate::broker::session::Subscription { opts, id: sub_id };
+                        let new = !live.session.lock().subscriptions.contains_key(f.filter.as_str());
+                        let sub = crate::broker::session::Subscription {
+                            opts,
+                            id: sub_id.and_then(std::num::NonZeroU32::new),
+                        };
                         cmds.push(Op::Subscribe {
                             client_id: live.client_id.to_string(),
                             epoch,

@@ -98,7 +98,7 @@ impl LinkHooks for Registry {
         client_id: &str,
         user_properties: &[(String, String)],
         session_present: bool,
-        routes: &[&String],
+        routes: &[&Arc<str>],
         budget: usize,
     ) -> Vec<(String, String)> {
         let prop = |k: &str| user_properties.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
@@ -121,7 +121,7 @@ impl LinkHooks for Registry {
                 break;
             }
             budget -= cost;
-            out.push((LINK_ROUTE_PROPERTY.to_string(), (*f).clone()));
+            out.push((LINK_ROUTE_PROPERTY.to_string(), f.to_string()));
         }
         out
     }
