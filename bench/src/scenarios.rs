@@ -338,6 +338,10 @@ async fn run_inner(s: &Scenario, kind: Kind, bins: &Binaries, row: &mut Row) -> 
     if matches!(s.what, What::Link { .. } | What::Propagation { .. } | What::Failover { .. }) && kind == Kind::Strait {
         wait_links(&dep).await?;
     }
+    // Flaps under load: leader changes and link reconnections during the run, from every
+    // Strait node's /metrics (a lease that lapses under load shows up in both).
+    // (Not in failover runs: their kills are the point, and a restarted node counts from 0.)
+    let flaps_before = if matches!(s.what, What::Failover { .. }) { None } else { flap_counters(&dep, kind) };
     let sampler = Sampler::start(dep.pids());
     match s.what {
         What::Flow { pubs, subs, wiring, qos, payload, count, rate } => {
@@ -436,11 +440,38 @@ async fn run_inner(s: &Scenario, kind: Kind, bins: &Binaries, row: &mut Row) -> 
         What::Failover { tries, sending } => failover(&mut dep, bins, tries, sending, row).await?,
     }
     let (cpu, rss) = sampler.finish();
+    if let (Some(before), Some(after)) = (flaps_before, flap_counters(&dep, kind)) {
+        row.extra.insert("leader_changes".into(), after.0 - before.0);
+        row.extra.insert("link_connects".into(), after.1 - before.1);
+    }
     row.cpu_pct = cpu;
     row.rss_mib = rss;
     row.healthy = dep.healthy();
     dep.stop();
     Ok(())
+}
+
+/// Leader changes seen and link connections made, summed over a clustered Strait
+/// deployment's nodes (None: not one, or a node did not answer).
+fn flap_counters(d: &Deployment, kind: Kind) -> Option<(f64, f64)> {
+    if kind != Kind::Strait || d.api.len() < 2 {
+        return None;
+    }
+    let mut sums = (0.0, 0.0);
+    for api in &d.api {
+        let body = brokers::http_get(*api, "/metrics").ok()?;
+        sums.0 += metric_sum(&body, "strait_raft_leader_changes_total");
+        sums.1 += metric_sum(&body, "strait_link_connects_total");
+    }
+    Some(sums)
+}
+
+/// The sum of a series' samples (every label set) in a Prometheus text body.
+fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ') || r.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn wait_cluster(d: &Deployment, n: usize) -> anyhow::Result<()> {
