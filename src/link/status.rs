@@ -19,6 +19,9 @@ pub(super) struct State {
     pub(super) server: Option<String>,
     pub(super) since_ms: u64,
     pub(super) last_error: Option<String>,
+    /// When `last_error` happened: it stays after the link recovers (the last one, not a
+    /// current one), and the time tells which.
+    pub(super) last_error_ms: Option<u64>,
     pub(super) routes: Vec<String>,
     /// Refused by the remote (the first 100, with why) and how many in all.
     pub(super) refused: Vec<(String, String)>,
@@ -60,6 +63,7 @@ impl LinkStatus {
         st.server = server;
         if error.is_some() {
             st.last_error = error;
+            st.last_error_ms = Some(now_ms());
         }
     }
 
@@ -94,6 +98,7 @@ impl LinkStatus {
         v["connected_server"] = json!(st.server);
         v["status_since_ms"] = json!(st.since_ms);
         v["last_error"] = json!(st.last_error);
+        v["last_error_at_ms"] = json!(st.last_error_ms);
         v["route_count"] = json!(st.routes.len());
         v["routes"] = json!(st.routes.iter().take(max_routes).collect::<Vec<_>>());
         v["routes_truncated"] = json!(st.routes.len() > max_routes);
