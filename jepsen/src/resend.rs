@@ -72,6 +72,7 @@ fn salvage(mut el: EventLoop) -> VecDeque<Request> {
 pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, nodes: Vec<u32>, pace: Duration) {
     let client_id = format!("rpub-{name}");
     let mut i = process as usize;
+    let mut avoid = None;
     let mut seq = 0u64;
     let mut conn: Option<(AsyncClient, EventLoop, u32)> = None;
     // Requests of a dead connection, for the next one.
@@ -94,7 +95,7 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, node
             }
         }
         if conn.is_none() {
-            let node = nodes[i % nodes.len()];
+            let node = ctx.place(&nodes, avoid, i);
             match connect(&client_id, node, std::mem::take(&mut carried)).await {
                 Ok((c, el, present)) => {
                     if !present {
@@ -109,6 +110,8 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, node
                 Err(pending) => {
                     // Kept for the next node (a refused node must not lose the resends).
                     carried = pending;
+                    ctx.unplace(node);
+                    avoid = Some(node);
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -158,11 +161,14 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, node
                 if let Some((_, el, _)) = conn.take() {
                     carried = salvage(el);
                 }
+                ctx.unplace(node);
+                avoid = Some(node);
                 i += 1;
             }
         }
     }
-    if let Some((c, mut el, _)) = conn {
+    if let Some((c, mut el, node)) = conn {
+        ctx.unplace(node);
         let _ = c.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
     }

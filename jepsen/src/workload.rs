@@ -96,6 +96,8 @@ pub struct Ctx {
     pub last_delivery: Arc<AtomicU64>,
     pub deliveries: Arc<AtomicU64>,
     pub t0: Instant,
+    /// Publishers connected (or connecting) per node: see `place`.
+    placed: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
 }
 
 impl Ctx {
@@ -107,6 +109,31 @@ impl Ctx {
             last_delivery: Arc::default(),
             deliveries: Arc::default(),
             t0,
+            placed: Arc::default(),
+        }
+    }
+
+    /// The node a publisher (re)connects to: the one with the fewest publishers, other than
+    /// `avoid` (the node that just failed it) when there is another; ties go by `turn`.
+    /// Moving every failed publisher to "the next node" made them all meet on one node after
+    /// a few faults, and a fault on that node then held every publisher: nothing was published
+    /// while it lasted, so the dark-window checker measured the clients' 5 s timeout, not the
+    /// link.
+    pub fn place(&self, nodes: &[u32], avoid: Option<u32>, turn: usize) -> u32 {
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let n = nodes.len().max(1);
+        let candidates =
+            (0..nodes.len()).map(|k| nodes[(turn + k) % n]).filter(|node| nodes.len() == 1 || Some(*node) != avoid);
+        let node = candidates.min_by_key(|node| placed.get(node).copied().unwrap_or(0)).unwrap_or(nodes[turn % n]);
+        *placed.entry(node).or_default() += 1;
+        node
+    }
+
+    /// A publisher left `node` (its connection failed, or it stopped).
+    pub fn unplace(&self, node: u32) {
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = placed.get_mut(&node) {
+            *c = c.saturating_sub(1);
         }
     }
 }
@@ -115,15 +142,18 @@ impl Ctx {
 pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, q: u8, nodes: Vec<u32>, pace: Duration) {
     let mut seq = 0u64;
     let mut i = process as usize;
+    let mut avoid = None;
     let mut conn: Option<(AsyncClient, EventLoop, u32)> = None;
     while !ctx.stop.load(Ordering::Relaxed) {
         let (client, el, node) = match conn.as_mut() {
             Some(c) => c,
             None => {
-                let node = nodes[i % nodes.len()];
+                let node = ctx.place(&nodes, avoid, i);
                 match connect(&format!("pub-{name}"), mqtt_addr(node), true).await {
                     Ok((c, el, _)) => conn.insert((c, el, node)),
                     Err(_) => {
+                        ctx.unplace(node);
+                        avoid = Some(node);
                         i += 1;
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
@@ -160,12 +190,15 @@ pub async fn publisher(ctx: Ctx, process: u32, name: String, topic: String, q: u
             Err(e) => {
                 ctx.rec.complete(process, id, Kind::Info, Some(node), f, Some(e.to_string()));
                 conn = None;
+                ctx.unplace(node);
+                avoid = Some(node);
                 i += 1;
             }
         }
         tokio::time::sleep(pace).await;
     }
-    if let Some((c, mut el, _)) = conn {
+    if let Some((c, mut el, node)) = conn {
+        ctx.unplace(node);
         let _ = c.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
     }

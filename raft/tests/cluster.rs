@@ -344,3 +344,62 @@ async fn pipelined_proposals_keep_their_order_through_a_leader_kill() {
     .await;
     c.shutdown().await;
 }
+
+/// A leader cut off (not killed: its connections stay open and its answers never come) while a
+/// follower has proposals in the air on the forwarding stream. The follower must not wait for
+/// those answers until `propose_timeout` (they never come, and the proposals then failed):
+/// once another node leads, it submits them again there, in order, and every one succeeds,
+/// applied once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proposals_in_the_air_to_a_leader_that_is_cut_off_are_submitted_again_to_the_next() {
+    let mut c = Cluster::new(3, |cfg| cfg.propose_timeout = Duration::from_secs(5)).await;
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    let old = c.wait_leader(None).await;
+    let follower = c.nodes.keys().copied().find(|id| *id != old).expect("a follower");
+    const N: usize = 2000;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let node = c.node(follower).clone();
+    let proposer = tokio::spawn(async move {
+        let mut outstanding = std::collections::VecDeque::new();
+        let mut last = 0u64;
+        for i in 0..N + 32 {
+            if outstanding.len() == 32 || i >= N {
+                let Some(fut) = outstanding.pop_front() else { break };
+                let fut: tokio::task::JoinHandle<Result<u64, ProposeError>> = fut;
+                let applied = fut.await.expect("join").unwrap_or_else(|e| panic!("proposal failed: {e}"));
+                assert!(applied > last, "answers out of order ({applied} after {last})");
+                last = applied;
+            }
+            if i == N / 3 {
+                let _ = ready_tx.send(()).await;
+            }
+            if i < N {
+                outstanding.push_back(tokio::spawn(node.propose_ordered(append("k", i))));
+            }
+        }
+    });
+    ready_rx.recv().await.expect("the proposer reached a third");
+    tracing::info!("== cutting leader {old} off");
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != old).collect();
+    // First slow its traffic, so that batches it took into its log are still unreplicated (in
+    // the air, their answers pending) when it is cut off: without this they were sometimes all
+    // committed by then, and nothing was left waiting on the old leader.
+    for id in &others {
+        c.node(old).faults().delay(*id, Duration::from_millis(300));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for id in &others {
+        c.node(old).faults().isolate(*id);
+    }
+    tokio::time::timeout(Duration::from_secs(60), proposer)
+        .await
+        .expect("the proposer finishes within 60 s")
+        .expect("a proposal failed or came back out of order");
+    // Healed, the old leader catches up too: every node holds each proposal once, in order.
+    c.node(old).faults().heal();
+    let expect: String = (0..N).map(|i| format!("{i},")).collect();
+    c.wait_all("every proposal applied once, in order", |kv| kv.map.get("k") == Some(&expect)).await;
+    c.shutdown().await;
+}

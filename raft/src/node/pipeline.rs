@@ -8,8 +8,14 @@
 //!   `net::forward`), where the leader writes the stream's batches in arrival order under the
 //!   leader id it held when the stream opened, and answers them in that order. When no stream
 //!   can be opened, batches go one at a time (`Inner::call`: a unary forward, retried).
-//! - **Switching route** (this node starts or stops leading, the leader changes): the batches in
-//!   the air on the old route are settled first.
+//! - **When the leader moves** (this node starts or stops leading, another node leads, or none
+//!   does yet), the batches in the air on the old route are not waited for: an isolated
+//!   leader's answers never come, and waiting for them held every proposal of this node for
+//!   the whole `propose_timeout` (jepsen: a follower's publishes stalled 5 s when the leader
+//!   was cut off). Each is submitted again at once, in order, by the forwarding path. This
+//!   keeps the order too: they were all written under the old leader's id, and terms only grow
+//!   along a log, so whatever of them any later log holds comes before anything a newer leader
+//!   writes, and a resubmitted copy of one that landed is recognised and applied once.
 //! - **When a batch in the air fails** (leadership moved, the entry was discarded, or no answer
 //!   within `propose_timeout`), every batch behind it is waited for, then each one that failed
 //!   is submitted again, in order, by the forwarding path (`Inner::call`), before anything new is
@@ -55,6 +61,7 @@ struct Flight<S: StateMachine> {
     deadline: Instant,
     sent: std::time::Instant,
     stage: &'static crate::stages::Stage,
+    route: Route,
 }
 
 impl<S: StateMachine> Flight<S> {
@@ -63,7 +70,14 @@ impl<S: StateMachine> Flight<S> {
             Route::Local => &crate::stages::CORE,
             Route::Stream(_) => &crate::stages::FORWARD,
         };
-        Flight { answer: Box::pin(answer), deadline: batch.deadline, sent: std::time::Instant::now(), stage, batch }
+        Flight {
+            answer: Box::pin(answer),
+            deadline: batch.deadline,
+            sent: std::time::Instant::now(),
+            stage,
+            batch,
+            route,
+        }
     }
 }
 
@@ -80,6 +94,7 @@ pub(super) async fn batcher<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc:
     let mut flights: VecDeque<Flight<S>> = VecDeque::new();
     let mut route = Route::Local;
     let mut stream: Option<Forwarder> = None;
+    let mut leadership = inner.leadership.clone();
     loop {
         let room = flights.len() < depth;
         tokio::select! {
@@ -98,6 +113,12 @@ pub(super) async fn batcher<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc:
                         inner.recover(Some(f.batch), &mut flights).await;
                         stream = None;
                     }
+                }
+            }
+            _ = leadership.changed(), if !flights.is_empty() => {
+                if flights.front().is_some_and(|f| inner.moved(f.route)) {
+                    inner.abandon(&mut flights).await;
+                    stream = None;
                 }
             }
             m = rx.recv(), if room => {
@@ -137,7 +158,7 @@ impl<S: StateMachine> Inner<S> {
             (None, None) => None,
         };
         if !flights.is_empty() && want != Some(*route) {
-            self.recover(None, flights).await;
+            self.abandon(flights).await;
         }
         if stream.as_ref().is_some_and(|s| s.broken() || Some(Route::Stream(s.leader)) != want) {
             *stream = None;
@@ -214,13 +235,50 @@ impl<S: StateMachine> Inner<S> {
         }
     }
 
-    /// A flight failed (`failed`, already taken off the front), or this node stopped leading
-    /// with flights in the air (None): wait for every flight behind it, then answer them in
-    /// order, submitting again through the forwarding path each one that did not land.
+    /// Whether the batches in the air on `route` can no longer be answered there: this node
+    /// no longer leads (Local), or another node, or none, leads now (Stream).
+    fn moved(&self, route: Route) -> bool {
+        let l = self.leadership.borrow();
+        match route {
+            Route::Local => !l.is_leader(),
+            Route::Stream(to) => l.leader != Some(to),
+        }
+    }
+
+    /// The leader moved away from where the batches in the air went: none is waited for.
+    /// Those already answered are answered; the others are submitted again, in order, through
+    /// the forwarding path (see the module's note on why the order holds).
+    async fn abandon(&self, flights: &mut VecDeque<Flight<S>>) {
+        tracing::debug!(in_air = flights.len(), "proposal pipeline: the leader moved, submitting again in order");
+        while let Some(mut f) = flights.pop_front() {
+            match futures_util::FutureExt::now_or_never(&mut f.answer).flatten() {
+                Some(resp) => self.answer(f.batch.waiters, Ok(resp)),
+                None => self.submit(f.batch).await,
+            }
+        }
+    }
+
+    /// A flight failed (`failed`, already taken off the front): wait for every flight behind
+    /// it (they may still land in the same log, after it), then answer them in order,
+    /// submitting again through the forwarding path each one that did not land. If the leader
+    /// moves meanwhile, the rest are not waited for (`abandon`).
     async fn recover(&self, failed: Option<Batch<S>>, flights: &mut VecDeque<Flight<S>>) {
         let mut settled: Vec<(Batch<S>, Landed)> = failed.into_iter().map(|b| (b, None)).collect();
+        let mut leadership = self.leadership.clone();
         while let Some(mut f) = flights.pop_front() {
-            let landed = land(&mut f).await;
+            let landed = loop {
+                if self.moved(f.route) {
+                    break futures_util::FutureExt::now_or_never(&mut f.answer).flatten();
+                }
+                tokio::select! {
+                    landed = land(&mut f) => break landed,
+                    r = leadership.changed() => {
+                        if r.is_err() {
+                            break land(&mut f).await;
+                        }
+                    }
+                }
+            };
             settled.push((f.batch, landed));
         }
         let resubmitted = settled.iter().filter(|(_, l)| l.is_none()).count();
