@@ -301,29 +301,8 @@ async fn pipelined_proposals_keep_their_order_through_a_leader_kill() {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
     let mut tasks = Vec::new();
     for id in c.nodes.keys().copied().filter(|id| *id != old) {
-        let node = c.node(id).clone();
-        let key = format!("k{id}");
-        let ready = ready_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut outstanding: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, ProposeError>>> =
-                std::collections::VecDeque::new();
-            let mut last = 0u64;
-            for i in 0..N + 32 {
-                if outstanding.len() == 32 || i >= N {
-                    let Some(fut) = outstanding.pop_front() else { break };
-                    let applied = fut.await.expect("join").unwrap_or_else(|e| panic!("{key}: proposal failed: {e}"));
-                    assert!(applied > last, "{key}: answers out of order ({applied} after {last})");
-                    last = applied;
-                }
-                if i == N / 3 {
-                    // A third in: the test kills the leader while the rest are being proposed.
-                    let _ = ready.send(()).await;
-                }
-                if i < N {
-                    outstanding.push_back(tokio::spawn(node.propose_ordered(append(&key, i))));
-                }
-            }
-        }));
+        // A third in, the test kills the leader while the rest are being proposed.
+        tasks.push(windowed_proposer(c.node(id).clone(), format!("k{id}"), N, ready_tx.clone()));
     }
     for _ in 0..2 {
         ready_rx.recv().await.expect("a proposer reached a third");
@@ -360,26 +339,7 @@ async fn proposals_in_the_air_to_a_leader_that_is_cut_off_are_submitted_again_to
     let follower = c.nodes.keys().copied().find(|id| *id != old).expect("a follower");
     const N: usize = 2000;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let node = c.node(follower).clone();
-    let proposer = tokio::spawn(async move {
-        let mut outstanding = std::collections::VecDeque::new();
-        let mut last = 0u64;
-        for i in 0..N + 32 {
-            if outstanding.len() == 32 || i >= N {
-                let Some(fut) = outstanding.pop_front() else { break };
-                let fut: tokio::task::JoinHandle<Result<u64, ProposeError>> = fut;
-                let applied = fut.await.expect("join").unwrap_or_else(|e| panic!("proposal failed: {e}"));
-                assert!(applied > last, "answers out of order ({applied} after {last})");
-                last = applied;
-            }
-            if i == N / 3 {
-                let _ = ready_tx.send(()).await;
-            }
-            if i < N {
-                outstanding.push_back(tokio::spawn(node.propose_ordered(append("k", i))));
-            }
-        }
-    });
+    let proposer = windowed_proposer(c.node(follower).clone(), "k".into(), N, ready_tx);
     ready_rx.recv().await.expect("the proposer reached a third");
     tracing::info!("== cutting leader {old} off");
     let others: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != old).collect();
@@ -402,4 +362,33 @@ async fn proposals_in_the_air_to_a_leader_that_is_cut_off_are_submitted_again_to
     let expect: String = (0..N).map(|i| format!("{i},")).collect();
     c.wait_all("every proposal applied once, in order", |kv| kv.map.get("k") == Some(&expect)).await;
     c.shutdown().await;
+}
+
+/// Proposes `key` = 0..n with 32 proposals outstanding (an MQTT connection's window), asserting
+/// each succeeds and the answers come in order; signals `ready` a third of the way in.
+fn windowed_proposer(
+    node: strait_raft::RaftNode<common::Kv>,
+    key: String,
+    n: usize,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut outstanding: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, ProposeError>>> =
+            std::collections::VecDeque::new();
+        let mut last = 0u64;
+        for i in 0..n + 32 {
+            if outstanding.len() == 32 || i >= n {
+                let Some(fut) = outstanding.pop_front() else { break };
+                let applied = fut.await.expect("join").unwrap_or_else(|e| panic!("{key}: proposal failed: {e}"));
+                assert!(applied > last, "{key}: answers out of order ({applied} after {last})");
+                last = applied;
+            }
+            if i == n / 3 {
+                let _ = ready.send(()).await;
+            }
+            if i < n {
+                outstanding.push_back(tokio::spawn(node.propose_ordered(append(&key, i))));
+            }
+        }
+    })
 }
